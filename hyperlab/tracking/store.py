@@ -1,0 +1,29 @@
+"""Where runs are stored: the tracking URI, resolved once, and the store's schema created once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUNS_DIR = Path("hyperlab-runs")
+"""Embedded default home of everything a search writes: MLflow's sqlite store and Ray's results."""
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{(RUNS_DIR / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The flag, else $MLFLOW_TRACKING_URI, else the embedded sqlite store under hyperlab-runs/."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def init_store(uri: str) -> str:
+    """Create the store's schema now, from one process, before anything writes concurrently
+    (first-time initialisation of a sqlite store from several processes races)."""
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    return uri
