@@ -1,0 +1,160 @@
+"""``hyperlab pareto``, ``hyperlab compare`` and ``hyperlab list`` (argparse definitions in hyperlab.cli)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hyperlab.analysis.compare import compare_searches, shared_objectives
+from hyperlab.analysis.figures import overlay_figure
+from hyperlab.analysis.load import load_search, load_search_meta, objectives_of
+from hyperlab.analysis.paper import closest_paper_result, dataset_of, paper_table
+from hyperlab.analysis.report import front_table, write_front
+from hyperlab.tracking import read
+from hyperlab.tracking.layout import FIDELITIES
+from hyperlab.tracking.store import resolve_tracking_uri
+
+SPACE_HASH_TAG = "hyperlab.space_hash"
+_META_COLUMNS = {"run_id", "status", "fidelity", "start_time", "end_time", "ray_trial_id", "checkpoint"}
+
+
+def pareto(args: argparse.Namespace) -> int:
+    """Print a search's front (rank-1 complete trials, knee marked, paper's closest result) and
+    optionally write it to ``--out`` (.parquet or .csv)."""
+    uri = resolve_tracking_uri(args.tracking_uri)
+    meta = load_search_meta(args.name, uri)
+    objectives = objectives_of(meta)
+    df = load_search(args.name, uri)
+    front = with_paper_results(front_table(df, objectives), objectives, dataset_of(df, meta.tags))
+    if args.out:  # checked before printing: a bad extension fails fast
+        write_front(front, args.out)
+    _print_front(args.name, front, objectives, df)
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def with_paper_results(front: pd.DataFrame, objectives: dict[str, str], dataset: str | None) -> pd.DataFrame:
+    """Add ``paper_model``/``paper_params``/``paper_value`` columns: the closest paper result per point."""
+    table = paper_table(dataset)
+    metric = next((name for name in objectives if name != "model/n_params"), None)
+    if table is None or metric is None or "model/n_params" not in objectives:
+        return front
+    closest = [closest_paper_result(row, table, metric) for _, row in front.iterrows()]
+    front = front.copy()
+    for key in ("model", "params", "value"):
+        front[f"paper_{key}"] = [c[key] if c else None for c in closest]
+    return front
+
+
+def _print_front(name: str, front: pd.DataFrame, objectives: dict[str, str], df: pd.DataFrame) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = df["fidelity"].value_counts()
+    table = Table(title=f"Pareto front of {name}: {len(front)} of {counts.get('complete', 0)} complete trials "
+                        f"({counts.get('partial', 0)} partial, {counts.get('failed', 0)} failed shown apart)")
+    params = [c for c in front.columns if c not in _META_COLUMNS and c not in objectives
+              and "/" not in c and c != "knee" and not c.startswith("paper_")]
+    paper = [c for c in ("paper_model", "paper_params", "paper_value") if c in front.columns]
+    for column in ["knee", "run_id", *objectives, *params, *paper]:
+        table.add_column(column, justify="left" if column in ("run_id", "paper_model") else "right")
+    for _, row in front.iterrows():
+        cells = ["*" if row["knee"] else "", str(row["run_id"])[:12]]
+        cells += [_fmt(row[c]) for c in [*objectives, *params, *paper]]
+        table.add_row(*cells)
+    Console(width=max(120, 14 * (len(params) + len(objectives) + 4))).print(table)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Overlay the fronts, print hypervolumes against one reference, cross-domination and spread."""
+    from hyperlab.errors import UserError
+
+    if len(args.names) < 2:
+        raise UserError(f"compare needs two or more search names, got {args.names}")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    metas = {name: load_search_meta(name, uri) for name in args.names}
+    objectives = shared_objectives({name: objectives_of(meta) for name, meta in metas.items()})
+    searches = {name: load_search(name, uri) for name in args.names}
+    result = compare_searches(searches, objectives)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(objectives) >= 2:
+        overlay_figure(searches, objectives, out / "fronts.png", out / "fronts.html", title=" vs ".join(args.names))
+    result["domination"].to_csv(out / "domination.csv", index=False)
+    _print_comparison(result, objectives, metas)
+    print(f"wrote {out / 'fronts.png'}, {out / 'fronts.html'}, {out / 'domination.csv'}")
+    return 0
+
+
+def _print_comparison(result: dict, objectives: dict[str, str], metas: dict) -> None:
+    reference = ", ".join(f"{name}={value:.6g}" for name, value in zip(objectives, result["reference"]))
+    print(f"common reference point: {reference}")
+    domination = result["domination"]
+    for name, volume in result["hypervolume"].items():
+        rows = domination[domination["search"] == name]
+        beaten = rows[rows["n_dominating"] > 0]
+        print(f"  {name}: hypervolume {volume:.6g}; {len(beaten)} of {len(rows)} front points dominated by others")
+        for _, row in beaten.iterrows():
+            point = ", ".join(f"{o}={row[o]:.6g}" for o in objectives)
+            print(f"      {row.get('run_id', '')}  {point}  dominated by {row['dominated_by']}")
+    groups: dict[str, list[str]] = {}
+    for name, meta in metas.items():
+        groups.setdefault(meta.tags.get(SPACE_HASH_TAG, "same objectives"), []).append(name)
+    for key, names in groups.items():
+        values = np.array([result["hypervolume"][n] for n in names])
+        if len(values) > 1:
+            print(f"spread over {len(names)} searches ({key}): hypervolume "
+                  f"{values.mean():.6g} ± {values.std(ddof=1):.3g} (mean ± std)")
+
+
+def list_searches(args: argparse.Namespace) -> int:
+    """Print every search in the store: trial counts by fidelity, wall time, best value per objective."""
+    from rich.console import Console
+    from rich.table import Table
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    names = read.list_searches(uri)
+    table = Table(title=f"searches in {uri}")
+    for column in ("search", "status", *FIDELITIES, "wall time", "best per objective"):
+        table.add_column(column)
+    for name in names:
+        table.add_row(*search_summary(name, uri))
+    Console(width=160).print(table)
+    if not names:
+        print("no searches yet")
+    return 0
+
+
+def search_summary(name: str, uri: str) -> list[str]:
+    """[name, status, n complete, n partial, n failed, wall time, best values] of one search."""
+    meta = load_search_meta(name, uri)
+    df = load_search(name, uri)
+    counts = df["fidelity"].value_counts() if not df.empty else pd.Series(dtype=int)
+    complete = df[df["fidelity"] == "complete"] if not df.empty else df
+    best = []
+    for objective, direction in meta.objectives.items():
+        values = complete[objective].dropna() if objective in complete else pd.Series(dtype=float)
+        if len(values):
+            best.append(f"{objective} {'min' if direction == 'min' else 'max'} "
+                        f"{(values.min() if direction == 'min' else values.max()):.6g}")
+    return [name, meta.status, *(str(counts.get(f, 0)) for f in FIDELITIES),
+            _duration(meta.wall_time_s), "; ".join(best) or "-"]
+
+
+def _duration(seconds: float) -> str:
+    if np.isnan(seconds):
+        return "-"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"

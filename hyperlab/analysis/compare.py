@@ -1,0 +1,72 @@
+"""Comparing searches: hypervolumes against one reference, and who dominates whose front points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hyperlab.analysis.hypervolume import common_reference, search_hypervolume
+from hyperlab.analysis.pareto import front_of, minimisation_matrix
+from hyperlab.errors import UserError
+
+
+def dominated_mask(points: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """(n,) True where a row of ``points`` (n, m) is dominated by some row of ``by`` (k, m);
+    both in minimisation form. Equal points do not dominate each other."""
+    if len(points) == 0 or len(by) == 0:
+        return np.zeros(len(points), dtype=bool)
+    le = (by[None, :, :] <= points[:, None, :]).all(axis=2)   # (n, k)
+    lt = (by[None, :, :] < points[:, None, :]).any(axis=2)    # (n, k)
+    return (le & lt).any(axis=1)
+
+
+def cross_domination(fronts: dict[str, pd.DataFrame], objectives: dict[str, str]) -> pd.DataFrame:
+    """One row per front point of every search: which other searches' fronts dominate it.
+
+    Columns: search, run_id (when present), the objectives, ``dominated_by`` (names joined by
+    ', ', empty when none) and ``n_dominating`` (how many other searches dominate the point).
+    """
+    matrices = {name: minimisation_matrix(front, objectives) for name, front in fronts.items()}
+    tables = []
+    for name, front in fronts.items():
+        others = [other for other in fronts if other != name]
+        masks = {other: dominated_mask(matrices[name], matrices[other]) for other in others}
+        table = front[[c for c in ["run_id", *objectives] if c in front.columns]].copy()
+        table.insert(0, "search", name)
+        by = [[other for other in others if masks[other][i]] for i in range(len(front))]
+        table["dominated_by"] = [", ".join(names) for names in by]
+        table["n_dominating"] = [len(names) for names in by]
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def shared_objectives(objective_sets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The objectives every search shares; searches with different objectives cannot be compared."""
+    (first_name, first), *rest = objective_sets.items()
+    for name, objectives in rest:
+        if objectives != first:
+            raise UserError(f"searches {first_name!r} and {name!r} have different objectives "
+                            f"({first} vs {objectives}); compare needs the same objectives")
+    return first
+
+
+def compare_searches(searches: dict[str, pd.DataFrame], objectives: dict[str, str], margin: float = 0.1) -> dict:
+    """Fronts, hypervolumes against one common reference, cross-domination and the spread.
+
+    Returns {"reference": list, "hypervolume": {name: float}, "fronts": {name: DataFrame},
+    "domination": DataFrame (see :func:`cross_domination`), "mean": float, "std": float}
+    where the spread (mean, sample std) is over all given searches, taken as repeats of one
+    search space (they share the objectives).
+    """
+    reference = common_reference(list(searches.values()), objectives, margin)
+    volumes = {name: search_hypervolume(df, objectives, reference) for name, df in searches.items()}
+    fronts = {name: front_of(df, objectives) for name, df in searches.items()}
+    values = np.array(list(volumes.values()))
+    return {
+        "reference": reference,
+        "hypervolume": volumes,
+        "fronts": fronts,
+        "domination": cross_domination(fronts, objectives),
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+    }

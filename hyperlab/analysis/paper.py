@@ -1,0 +1,127 @@
+"""The HyperNetworks paper's results (Ha, Dai, Le 2016, section 3 of PAPER.md) as data.
+
+Each table is keyed by dataset and lists (model, params, metric, value) with the metric named as
+in :mod:`hyperlab.metrics`. Test errors are stored as accuracies (1 - error) so that a front of
+``test/acc`` can be compared directly. MNIST's counts are those of the generated layer (conv2),
+the only ones the paper prints; its comparable metric is the compression ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+
+class PaperResult(NamedTuple):
+    """One row of a paper table."""
+
+    model: str
+    params: float
+    metric: str
+    value: float
+
+
+def _char(rows: list[tuple[str, float, float, float]]) -> list[PaperResult]:
+    # (model, test bpc, valid bpc, params) -> one result per metric
+    out = []
+    for model, test, valid, params in rows:
+        out.append(PaperResult(model, params, "test/bpc", test))
+        if not math.isnan(valid):
+            out.append(PaperResult(model, params, "val/bpc", valid))
+    return out
+
+
+_NAN = float("nan")
+
+PAPER_TABLES: dict[str, list[PaperResult]] = {
+    "ptb": _char([
+        ("LSTM 1000", 1.312, 1.347, 4.25e6),
+        ("LSTM 1250", 1.306, 1.340, 6.57e6),
+        ("2-layer LSTM 1000", 1.281, 1.312, 12.26e6),
+        ("LN-LSTM 1000", 1.267, 1.300, 4.26e6),
+        ("HyperLSTM 1000", 1.265, 1.296, 4.91e6),
+        ("LN HyperLSTM 1000", 1.250, 1.281, 4.92e6),
+        ("LN HyperLSTM 1000, Nz=16", 1.233, 1.263, 5.06e6),
+        ("2-layer LN HyperLSTM 1000, Nz=16", 1.219, 1.245, 14.41e6),
+    ]),
+    "enwik8": _char([
+        ("LSTM 1800", 1.470, _NAN, 14.81e6),
+        ("LN-LSTM 1800", 1.402, _NAN, 14.82e6),
+        ("HyperLSTM 1800", 1.391, _NAN, 18.71e6),
+        ("LN HyperLSTM 1800", 1.353, _NAN, 18.78e6),
+        ("LN HyperLSTM 2048, Nh_hyper=512", 1.340, _NAN, 26.54e6),
+    ]),
+    "cifar10": [
+        PaperResult("WRN-40-1", 0.563e6, "test/acc", 1 - 0.0673),
+        PaperResult("Hyper WRN-40-1", 0.097e6, "test/acc", 1 - 0.0802),
+        PaperResult("WRN-40-2", 2.236e6, "test/acc", 1 - 0.0566),
+        PaperResult("Hyper WRN-40-2", 0.148e6, "test/acc", 1 - 0.0723),
+    ],
+    "mnist": [
+        PaperResult("conv2 ordinary", 12_544, "test/acc", 1 - 0.0072),
+        PaperResult("conv2 hypernetwork Nz=4", 4_244, "test/acc", 1 - 0.0076),
+        PaperResult("conv2 ordinary", 12_544, "model/compression_ratio", 1.0),
+        PaperResult("conv2 hypernetwork Nz=4", 4_244, "model/compression_ratio", 4_244 / 12_544),
+    ],
+    "iam-ondb": [
+        PaperResult("LSTM 900", 3.36e6, "val/loss", -1055),
+        PaperResult("LN-LSTM 900", 3.37e6, "val/loss", -1096),
+        PaperResult("LN HyperLSTM 900", 3.95e6, "val/loss", -1067),
+        PaperResult("HyperLSTM 900", 3.94e6, "val/loss", -1162),
+    ],
+}
+"""Paper results by dataset name (the names :mod:`hyperlab.data` uses)."""
+
+_ALIASES = {"char-ptb": "ptb", "ptb-char": "ptb", "penn-treebank": "ptb", "cifar-10": "cifar10",
+            "iam": "iam-ondb", "iam_ondb": "iam-ondb"}
+DATASET_KEYS = ("data.dataset", "data.name", "dataset", "task")
+"""Param (or parent-tag) keys, in order, that may name a search's dataset."""
+
+
+def paper_table(dataset: str | None) -> pd.DataFrame | None:
+    """The paper's results for ``dataset`` as a table (model, params, metric, value), else None."""
+    if not dataset:
+        return None
+    key = str(dataset).lower()
+    key = _ALIASES.get(key, key)
+    rows = PAPER_TABLES.get(key)
+    return pd.DataFrame(rows, columns=PaperResult._fields) if rows else None
+
+
+def dataset_of(df: pd.DataFrame, tags: dict[str, str] | None = None) -> str | None:
+    """The dataset a search ran on: the first of :data:`DATASET_KEYS` found in a parent tag
+    (``hyperlab.<key>`` or the key itself) or as a param column with a single value."""
+    tags = tags or {}
+    for key in DATASET_KEYS:
+        for tag in (f"hyperlab.{key}", key):
+            if tags.get(tag):
+                return tags[tag]
+        if key in df.columns and df[key].nunique() == 1:
+            return str(df[key].dropna().iloc[0])
+    return None
+
+
+def closest_paper_result(row: pd.Series, table: pd.DataFrame, metric: str) -> dict | None:
+    """The paper result closest to a front point ``row`` on (log10 params, ``metric``).
+
+    Distances use log10 parameters and the metric scaled by its spread in the paper table (so a
+    decade of parameters and the table's whole range of the metric weigh alike). Falls back to
+    the other split's metric (``val/`` <-> ``test/``) when the table lacks ``metric``; returns None
+    when neither exists. The result: model, params, metric, value, distance.
+    """
+    rows = table[table["metric"] == metric]
+    if rows.empty:
+        split, _, quantity = metric.partition("/")
+        other = {"val": "test", "test": "val"}.get(split)
+        rows = table[table["metric"] == f"{other}/{quantity}"] if other else rows
+    if rows.empty or "model/n_params" not in row or metric not in row:
+        return None
+    spread = rows["value"].max() - rows["value"].min() or 1.0
+    d_params = np.log10(rows["params"].to_numpy()) - np.log10(float(row["model/n_params"]))
+    d_metric = (rows["value"].to_numpy() - float(row[metric])) / spread
+    distance = np.hypot(d_params, d_metric)
+    best = int(np.argmin(distance))
+    return {**rows.iloc[best].to_dict(), "distance": float(distance[best])}
