@@ -1,0 +1,103 @@
+"""Log one training run to MLflow: params from a flat dict, metrics by step, the parameter report,
+artifacts. ``hyperlab train`` and the search orchestration's trials both use these.
+
+Every helper takes an ``MlflowClient`` and a run id (no fluent, process-global active run), so a Ray
+worker can log into a run that another process created.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+MAX_PARAMS_PER_BATCH = 100   # MLflow's limit on params in one log_batch call
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_LENGTH = 6000      # MLflow's limit on a param value's length
+PARAMETER_REPORT_ARTIFACT = "parameter_report.json"
+CONFIG_ARTIFACT = "config.yaml"
+CHECKPOINT_ARTIFACT_DIR = "checkpoint"
+
+
+def client(tracking_uri: str):
+    """An ``MlflowClient`` for ``tracking_uri`` (resolve and init it with ``tracking.store`` first)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def start_run(mlflow_client, experiment: str, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None) -> str:
+    """Create a run (RUNNING) in ``experiment``, creating the experiment if needed; returns its id."""
+    found = mlflow_client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else mlflow_client.create_experiment(experiment)
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    return run.info.run_id
+
+
+def log_params(mlflow_client, run_id: str, flat: Mapping[str, Any]) -> None:
+    """Log a flat dict (dotted keys, e.g. ``TrainConfig.flat()``) as params, in batches."""
+    from mlflow.entities import Param
+
+    params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flat.items()]
+    for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+        mlflow_client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The entries MLflow can store as metrics: numbers, not bools (``done``) nor strings (``outcome``)
+    nor the ``step`` itself."""
+    return {key: float(value) for key, value in metrics.items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+    """Log the numeric entries of one report at ``step`` (NaN and infinities are kept)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    entries = [Metric(key, value, now, step) for key, value in numeric_metrics(metrics).items()]
+    for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+        mlflow_client.log_batch(run_id, metrics=entries[start:start + MAX_METRICS_PER_BATCH])
+
+
+def log_parameter_report(mlflow_client, run_id: str, report: Mapping[str, Any]) -> None:
+    """The full parameter report (whatever ``hyperlab.models.parameter_report`` gives) as a JSON artifact."""
+    clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+             for key, value in report.items()}
+    mlflow_client.log_text(run_id, json.dumps(clean, indent=1, default=str), PARAMETER_REPORT_ARTIFACT)
+
+
+def log_config(mlflow_client, run_id: str, yaml_text: str) -> None:
+    """The run's configuration as the ``config.yaml`` artifact."""
+    mlflow_client.log_text(run_id, yaml_text, CONFIG_ARTIFACT)
+
+
+def log_checkpoint(mlflow_client, run_id: str, checkpoint_dir: str | Path) -> None:
+    """A checkpoint directory's files under the ``checkpoint/`` artifact folder."""
+    mlflow_client.log_artifacts(run_id, str(checkpoint_dir), CHECKPOINT_ARTIFACT_DIR)
+
+
+def finish_run(mlflow_client, run_id: str, status: str = "FINISHED") -> None:
+    """End the run: FINISHED, FAILED or KILLED."""
+    mlflow_client.set_terminated(run_id, status)
+
+
+def download_run_files(tracking_uri: str, run_id: str, dst: str | Path) -> tuple[Path, Path]:
+    """Download a run's ``checkpoint/`` folder and ``config.yaml`` into ``dst``; returns their paths."""
+    import mlflow
+
+    from hyperlab.errors import UserError
+
+    dst = Path(dst)
+    try:
+        ckpt = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT_DIR,
+                                                   dst_path=str(dst), tracking_uri=tracking_uri)
+        config = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONFIG_ARTIFACT,
+                                                     dst_path=str(dst), tracking_uri=tracking_uri)
+    except Exception as err:  # MlflowException / OSError: unknown run or missing artifacts
+        raise UserError(f"run {run_id!r} in {tracking_uri}: cannot download its "
+                        f"{CHECKPOINT_ARTIFACT_DIR}/ and {CONFIG_ARTIFACT} artifacts ({err})") from None
+    return Path(ckpt), Path(config)

@@ -1,0 +1,41 @@
+"""Datasets loaded once per process: a search sizes hundreds of suggestions against one corpus."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+def corpus(dataset: str, data_dir: str | None = None):
+    """The ``CharCorpus`` of ``dataset``, loaded once per (dataset, data directory)."""
+    from hyperlab.data import resolve_data_dir
+
+    return _corpus(dataset, str(resolve_data_dir(data_dir)))
+
+
+def images(dataset: str, data_dir: str | None = None):
+    """The ``ImageData`` of ``dataset``, loaded once per (dataset, data directory)."""
+    from hyperlab.data import resolve_data_dir
+
+    return _images(dataset, str(resolve_data_dir(data_dir)))
+
+
+def data_arguments(task: str, dataset: str, data_dir: str | None = None) -> dict[str, Any]:
+    """The model-builder arguments that come from the data: ``vocab_size`` or ``num_classes``."""
+    if task == "charlm":
+        return {"vocab_size": corpus(dataset, data_dir).vocab_size}
+    return {"num_classes": images(dataset, data_dir).num_classes}
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus(dataset: str, data_dir: str):
+    from hyperlab.data import load_corpus
+
+    return load_corpus(dataset, data_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _images(dataset: str, data_dir: str):
+    from hyperlab.data import load_images
+
+    return load_images(dataset, data_dir)
