@@ -49,6 +49,8 @@ class HyperLSTMCell(nn.Module):
 
     def reset_parameters(self) -> None:
         """The paper's initialisation: at start d_x = d_h = 0.1 and the dynamic bias is 0."""
+        if self.weight_x.is_meta:  # size_model: nothing to fill (and random ops on meta are slow)
+            return
         glorot_blocks_(self.weight_x)
         orthogonal_blocks_(self.weight_h)
         n_z = self.n_z

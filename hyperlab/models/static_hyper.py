@@ -36,6 +36,8 @@ class KernelGenerator(nn.Module):
 
     def reset_parameters(self) -> None:
         """a_i has unit variance for unit-variance z; the kernel then has He-like variance 2/(in_tile·f²)."""
+        if self.weight_in.is_meta:  # size_model: nothing to fill (and random ops on meta are slow)
+            return
         fan_in = self.in_tile * self.kernel_size ** 2
         with torch.no_grad():
             self.weight_in.normal_(0.0, 1.0 / math.sqrt(self.n_z))
@@ -68,7 +70,9 @@ class GeneratedConv2d(nn.Module):
         self.generator = generator
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.padding = g.kernel_size // 2 if padding is None else padding
-        self.z = nn.Parameter(torch.randn(out_channels // g.out_tile, in_channels // g.in_tile, g.n_z))
+        self.z = nn.Parameter(torch.empty(out_channels // g.out_tile, in_channels // g.in_tile, g.n_z))
+        if not self.z.is_meta:
+            nn.init.normal_(self.z)  # unit variance: the generator's init assumes it
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     @property

@@ -1,0 +1,159 @@
+"""HyperLSTM: closed-form counts, equivalence to LSTM / LN-LSTM at initialisation, state carry, gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hyperlab.models import HyperLSTM, HyperLSTMCell, LayerNormLSTM, LSTM, paper_torch_lstm
+
+
+def hyper_count(n_x, n_h, n_hh, n_z, layer_norm):
+    """PAPER.md section 1, one layer."""
+    p = 4 * n_h * (n_x + n_h + 1) + 4 * n_hh * (n_x + n_h + n_hh + 1) + 12 * n_z * (n_hh + n_h) + 8 * n_z
+    return p + (10 * n_h + 10 * n_hh if layer_norm else 0)
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_parameter_count_closed_form(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_x, n_h, n_hh, n_z, layers = (int(v) for v in torch.randint(1, 40, (5,), generator=g))
+    layers = layers % 3 + 1
+    for ln in (False, True):
+        model = HyperLSTM(n_x, n_h, n_hh, n_z, num_layers=layers, layer_norm=ln)
+        expected = hyper_count(n_x, n_h, n_hh, n_z, ln) + (layers - 1) * hyper_count(n_h, n_h, n_hh, n_z, ln)
+        assert n_params(model) == expected
+    assert n_params(LayerNormLSTM(n_x, n_h)) == 4 * n_h * (n_x + n_h) + 10 * n_h
+    assert n_params(LSTM(n_x, n_h)) == 4 * n_h * (n_x + n_h + 1)
+    assert n_params(paper_torch_lstm(n_x, n_h)) == 4 * n_h * (n_x + n_h + 1)
+
+
+def _torch_order(w, n_h):
+    """(i, g, f, o) rows -> torch's (i, f, g, o)."""
+    i, g, f, o = w.split(n_h, 0)
+    return torch.cat([i, f, g, o])
+
+
+def test_initial_hyperlstm_is_plain_lstm():
+    torch.manual_seed(0)
+    n_x, n_h, n_layers = 5, 7, 2
+    model = HyperLSTM(n_x, n_h, hyper_size=6, n_z=3, num_layers=n_layers)
+    ref = torch.nn.LSTM(n_x, n_h, n_layers)
+    with torch.no_grad():
+        for n, cell in enumerate(model.layers):
+            getattr(ref, f"weight_ih_l{n}").copy_(_torch_order(0.1 * cell.weight_x, n_h))
+            getattr(ref, f"weight_hh_l{n}").copy_(_torch_order(0.1 * cell.weight_h, n_h))
+            bias = torch.zeros(4 * n_h)
+            bias[n_h:2 * n_h] = 1.0  # forget bias 1
+            getattr(ref, f"bias_ih_l{n}").copy_(bias)
+            getattr(ref, f"bias_hh_l{n}").zero_()
+    x = torch.randn(9, 4, n_x)
+    out, (h, c, _, _) = model(x)
+    ref_out, (ref_h, ref_c) = ref(x)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, ref_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, ref_c, rtol=1e-5, atol=1e-6)
+
+
+def reference_ln_lstm(x, w_x, w_h, eps=1e-3):
+    """Layer-norm LSTM written out gate by gate (no gate bias, gamma 1, beta 0), x (T, B, N)."""
+    n_h = w_h.shape[1]
+    h = c = x.new_zeros(x.shape[1], n_h)
+    norm = lambda v: (v - v.mean(-1, keepdim=True)) / torch.sqrt(v.var(-1, unbiased=False, keepdim=True) + eps)
+    outs = []
+    for x_t in x:
+        pre = x_t @ w_x.t() + h @ w_h.t()
+        i, g, f, o = (norm(p) for p in pre.split(n_h, 1))
+        c = torch.sigmoid(f + 1) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(norm(c))
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def test_initial_ln_hyperlstm_is_ln_lstm():
+    torch.manual_seed(1)
+    model = HyperLSTM(5, 8, hyper_size=6, n_z=2, layer_norm=True)
+    cell = model.layers[0]
+    x = torch.randn(7, 3, 5)
+    expected = reference_ln_lstm(x, 0.1 * cell.weight_x, 0.1 * cell.weight_h)
+    torch.testing.assert_close(model(x)[0], expected, rtol=1e-5, atol=1e-5)
+    ln_lstm = LayerNormLSTM(5, 8)
+    layer = ln_lstm.layers[0]
+    torch.testing.assert_close(ln_lstm(x)[0], reference_ln_lstm(x, layer.weight_x, layer.weight_h),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_chunked_sequence_equals_one_call(layer_norm):
+    torch.manual_seed(2)
+    model = HyperLSTM(4, 6, hyper_size=5, n_z=3, num_layers=2, layer_norm=layer_norm)
+    _perturb(model)
+    x = torch.randn(12, 3, 4)
+    full, full_state = model(x)
+    first, state = model(x[:5])
+    second, state = model(x[5:], state)
+    torch.testing.assert_close(torch.cat([first, second]), full)
+    for a, b in zip(state, full_state):
+        torch.testing.assert_close(a, b)
+
+
+def _perturb(model):
+    """Move away from the initialisation, where the hypernetwork is exactly constant."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+
+def test_hypernetwork_changes_scales_after_perturbation():
+    torch.manual_seed(3)
+    model = HyperLSTM(4, 6, hyper_size=5, n_z=3)
+    x = torch.randn(5, 2, 4)
+    _, _, scales = model(x, return_scales=True)
+    assert scales[0]["d_x"].shape == (5, 2, 4, 6)
+    torch.testing.assert_close(scales[0]["d_h"], torch.full((5, 2, 4, 6), 0.1))
+    _perturb(model)
+    _, _, scales = model(x, return_scales=True)
+    assert scales[0]["d_h"].std() > 0.01
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(4)
+    for ln in (False, True):
+        model = HyperLSTM(3, 4, hyper_size=3, n_z=2, layer_norm=ln).double()
+        _perturb(model)
+        x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        weight = model.layers[0].weight_h
+        assert torch.autograd.gradcheck(lambda x, w: model(x)[0], (x, weight))
+
+
+def test_batch_first_equals_transposed_call():
+    torch.manual_seed(5)
+    model = HyperLSTM(4, 6, hyper_size=5, n_z=2)
+    _perturb(model)
+    model_bf = HyperLSTM(4, 6, hyper_size=5, n_z=2, batch_first=True)
+    model_bf.load_state_dict(model.state_dict())
+    x = torch.randn(7, 3, 4)
+    out, state = model(x)
+    out_bf, state_bf = model_bf(x.transpose(0, 1))
+    torch.testing.assert_close(out_bf, out.transpose(0, 1))
+    torch.testing.assert_close(state_bf[0], state[0])
+
+
+def test_recurrent_dropout_only_in_training():
+    torch.manual_seed(6)
+    model = HyperLSTM(4, 6, hyper_size=5, n_z=2, dropout=0.5)
+    plain = HyperLSTM(4, 6, hyper_size=5, n_z=2)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(6, 3, 4)
+    model.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0])
+    model.train()
+    assert (model(x)[0] - plain(x)[0]).abs().max() > 1e-3
+
+
+def test_cell_rejects_wrong_input_width():
+    with pytest.raises(ValueError, match=r"\(T, B, 4\)"):
+        HyperLSTM(4, 6)(torch.randn(3, 2, 5))
