@@ -17,7 +17,7 @@ from PIL import Image
 
 from hyperlab.data import ImageBatches, load_images
 from hyperlab.data import images as images_module
-from hyperlab.data.image_batches import crop_and_flip
+from hyperlab.data.image_batches import channel_stats, crop_and_flip
 from hyperlab.data.images import read_idx
 from hyperlab.errors import UserError
 
@@ -151,6 +151,13 @@ def test_normalisation_inverts_to_the_stored_pixels():
     std = torch.from_numpy(batches.std.reshape(1, 3, 1, 1))
     restored = ((x * std + mean) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(restored, images) and y.tolist() == list(range(40))
+
+
+def test_channel_stats_from_histograms_equal_the_direct_computation():
+    images, _ = _toy_images(n=50, size=5)
+    mean, std = channel_stats(images, chunk=7)  # chunks that do not divide N
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
+    assert np.allclose(mean, pixels.mean(0), atol=1e-6) and np.allclose(std, pixels.std(0), atol=1e-6)
 
 
 def test_crop_and_flip_do_what_they_claim():

@@ -18,6 +18,7 @@ import numpy as np
 
 from hyperlab.data import sources
 from hyperlab.data.download import ensure_file
+from hyperlab.data.image_batches import channel_stats
 from hyperlab.data.image_folder import read_image_folder
 from hyperlab.data.paths import derived_dir, load_or_build, resolve_data_dir
 from hyperlab.errors import UserError
@@ -69,7 +70,7 @@ def load_images(name_or_path: str | Path, data_dir: str | Path | None = None) ->
     if not folder.is_dir():
         raise UserError(f"unknown image dataset {name!r}: expected 'mnist', 'cifar10', "
                         f"'cifar10_folder' (needs {root / 'cifar10'}) or a folder of labelled images")
-    return _folder(name, folder)
+    return _folder(name, folder, in_data_dir=name == "cifar10_folder")
 
 
 def make_image_data(name: str, splits: dict[str, Split], class_names: list[str]) -> ImageData:
@@ -79,11 +80,8 @@ def make_image_data(name: str, splits: dict[str, Split], class_names: list[str])
         if images.ndim != 4 or len(images) != len(labels) or images.shape[1:] != train.shape[1:]:
             raise UserError(f"{name}: split {split} has images {images.shape} and labels {labels.shape}; "
                             f"expected (N, {', '.join(map(str, train.shape[1:]))}) and (N,)")
-    pixels = train.reshape(-1, train.shape[3])  # (N*H*W, C)
-    mean = pixels.mean(axis=0, dtype=np.float64) / 255.0
-    std = pixels.std(axis=0, dtype=np.float64) / 255.0
-    return ImageData(name, splits["train"], splits["valid"], splits["test"], class_names,
-                     mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32))
+    mean, std = channel_stats(train)
+    return ImageData(name, splits["train"], splits["valid"], splits["test"], class_names, mean, std)
 
 
 def hold_out_last(images: np.ndarray, labels: np.ndarray, n_valid: int) -> tuple[Split, Split]:
@@ -104,10 +102,13 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _mnist(folder: Path) -> ImageData:
     files = {name: ensure_file(remote, folder) for name, remote in sources.MNIST.items()}
-    images = {s: read_idx(files[f"{p}-images-idx3-ubyte.gz"])[..., None] for s, p in (("train", "train"), ("test", "t10k"))}
-    labels = {s: read_idx(files[f"{p}-labels-idx1-ubyte.gz"]).astype(np.int64) for s, p in (("train", "train"), ("test", "t10k"))}
-    train, valid = hold_out_last(images["train"], labels["train"], VALID_SIZE["mnist"])
-    return make_image_data("mnist", {"train": train, "valid": valid, "test": (images["test"], labels["test"])},
+
+    def read(prefix: str) -> Split:  # images (N, 28, 28, 1), labels (N,)
+        images = read_idx(files[f"{prefix}-images-idx3-ubyte.gz"])[..., None]
+        return images, read_idx(files[f"{prefix}-labels-idx1-ubyte.gz"]).astype(np.int64)
+
+    train, valid = hold_out_last(*read("train"), VALID_SIZE["mnist"])
+    return make_image_data("mnist", {"train": train, "valid": valid, "test": read("t10k")},
                            [str(d) for d in range(10)])
 
 
@@ -141,10 +142,10 @@ def _read_cifar_tar(archive: Path) -> dict[str, np.ndarray]:
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
 
-def _folder(name: str, folder: Path) -> ImageData:
+def _folder(name: str, folder: Path, in_data_dir: bool) -> ImageData:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and "derived" not in p.relative_to(folder).parts)
-    arrays, meta = load_or_build(derived_dir(f"folder-{folder.name}", files, folder),
-                                 lambda: read_image_folder(folder))
+    target = derived_dir(f"folder-{folder.name}", files, folder if in_data_dir else None)
+    arrays, meta = load_or_build(target, lambda: read_image_folder(folder))
     splits = {s: (arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in ("train", "test")}
     if "valid_x" in arrays:
         splits["valid"] = (arrays["valid_x"], arrays["valid_y"])
