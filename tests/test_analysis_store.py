@@ -7,9 +7,14 @@ import json
 import time
 
 import mlflow
+import numpy as np
+import pandas as pd
+import pytest
 from mlflow.entities import Metric, Param
 
-from hyperlab.tracking import layout
+from hyperlab.analysis import load_search, load_search_meta
+from hyperlab.errors import UserError
+from hyperlab.tracking import layout, read
 
 
 def log_search(client: mlflow.MlflowClient, name: str, objectives: dict[str, str], trials: list[dict],
@@ -41,3 +46,95 @@ def client_for(tmp_path) -> tuple[mlflow.MlflowClient, str]:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     return mlflow.MlflowClient(tracking_uri=uri), uri
 
+
+
+OBJECTIVES = {"model/n_params": "min", "val/bpc": "min"}
+
+
+def example_trials(seed: int, n: int) -> list[dict]:
+    """n trials of a HyperLSTM-like search: int, float, bool and str params (one conditional),
+    a quarter of them partial or failed."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i in range(n):
+        hidden, n_z = int(rng.choice([64, 128, 256])), int(rng.integers(2, 17))
+        params = {"model.hidden_size": hidden, "model.n_z": n_z, "optim.lr": float(rng.uniform(1e-4, 1e-2)),
+                  "model.layer_norm": bool(i % 2), "model.kind": "hyperlstm", "data.dataset": "ptb"}
+        if i % 3 == 0:
+            params["model.hyper_size"] = 32  # present in some trials only
+        fidelity = "complete" if i % 4 else ("partial" if i % 8 else "failed")
+        metrics = {"model/n_params": 4 * hidden * hidden + 1000 * n_z,
+                   "val/bpc": 2.5 - np.log(hidden) / 5 + float(rng.normal(0, 0.05))}
+        trials.append({"params": params, "metrics": metrics, "fidelity": fidelity})
+    return trials
+
+
+_SHARED: dict[str, tuple] = {}
+
+
+def shared_store(tmp_path_factory) -> tuple[mlflow.MlflowClient, str]:
+    """One store for every analysis test module (building a sqlite schema takes seconds): searches
+    alpha (24 trials) and beta (16), same space hash; gamma (3 trials, the first one deleted)."""
+    if "store" not in _SHARED:
+        client, uri = client_for(tmp_path_factory.mktemp("store"))
+        log_search(client, "alpha", OBJECTIVES, example_trials(0, 24), parent_tags={"hyperlab.space_hash": "h1"})
+        log_search(client, "beta", OBJECTIVES, example_trials(1, 16), parent_tags={"hyperlab.space_hash": "h1"})
+        log_search(client, "gamma", OBJECTIVES, example_trials(2, 3))
+        client.delete_run(load_search("gamma", uri)["run_id"].iloc[0])  # optuna trial 0
+        _SHARED["store"] = client, uri
+    return _SHARED["store"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return shared_store(tmp_path_factory)
+
+
+def test_load_search_casts_params_and_metrics(store):
+    _, uri = store
+    df = load_search("alpha", uri)
+    assert len(df) == 24 and df["optuna_trial"].tolist() == list(range(24))
+    assert df["model.hidden_size"].dtype == "int64" and df["model.n_z"].dtype == "int64"
+    assert df["optim.lr"].dtype == "float64" and df["model.layer_norm"].dtype == "bool"
+    assert df["model.kind"].tolist() == ["hyperlstm"] * 24
+    assert df["model.hyper_size"].dtype == "Int64" and df["model.hyper_size"].notna().sum() == 8
+    assert df["model/n_params"].dtype == "float64"
+    trials = example_trials(0, 24)
+    assert df["val/bpc"].tolist() == [t["metrics"]["val/bpc"] for t in trials]
+    assert df["optim.lr"].tolist() == [t["params"]["optim.lr"] for t in trials]
+    assert df["model.layer_norm"].tolist() == [t["params"]["model.layer_norm"] for t in trials]
+    assert df["fidelity"].value_counts().to_dict() == {"complete": 18, "partial": 3, "failed": 3}
+    status = df.groupby("fidelity")["status"].unique().map(list).to_dict()
+    assert status == {"complete": ["FINISHED"], "partial": ["KILLED"], "failed": ["FAILED"]}
+    assert (df["end_time"] >= df["start_time"]).all()
+
+
+def test_sqlite_reader_equals_mlflow_client(store):
+    _, uri = store
+    fast = read.read_trials("alpha", uri).sort_values("run_id").reset_index(drop=True)
+    slow = read.read_trials_with_client("alpha", uri).sort_values("run_id").reset_index(drop=True)
+    assert sorted(fast.columns) == sorted(slow.columns)
+    pd.testing.assert_frame_equal(fast[sorted(fast.columns)], slow[sorted(fast.columns)], check_dtype=False)
+
+
+def test_deleted_runs_are_left_out(store):
+    _, uri = store
+    assert len(read.read_trials_with_client("gamma", uri)) == 2
+    assert load_search("gamma", uri)["optuna_trial"].tolist() == [1, 2]
+
+
+def test_search_meta(store):
+    client, uri = store
+    meta = load_search_meta("beta", uri)
+    assert meta.objectives == OBJECTIVES and meta.status == "FINISHED"
+    assert client.get_run(meta.parent_run_id).data.tags[layout.TAG_SEARCH] == "beta"
+    assert meta.tags["hyperlab.space_hash"] == "h1" and meta.wall_time_s >= 0
+    assert read.list_searches(uri) == ["alpha", "beta", "gamma"]
+
+
+def test_unknown_search_lists_known_names(store):
+    _, uri = store
+    with pytest.raises(UserError, match=r"no search named 'delta'.*known searches: alpha, beta, gamma"):
+        load_search("delta", uri)
+    with pytest.raises(UserError, match="known searches: alpha, beta, gamma"):
+        load_search_meta("delta", uri)
