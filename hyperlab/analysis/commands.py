@@ -59,9 +59,13 @@ def _print_front(name: str, front: pd.DataFrame, objectives: dict[str, str], df:
                         f"({counts.get('partial', 0)} partial, {counts.get('failed', 0)} failed shown apart)")
     params = [c for c in front.columns if c not in _META_COLUMNS and c not in objectives
               and "/" not in c and c != "knee" and not c.startswith("paper_")]
+    fixed = [c for c in params if c in df and df[c].nunique(dropna=False) == 1]
+    params = [c for c in params if c not in fixed]  # constant params go to the caption
+    table.caption = "fixed: " + ", ".join(f"{c}={_fmt(df[c].iloc[0])}" for c in fixed) if fixed else None
     paper = [c for c in ("paper_model", "paper_params", "paper_value") if c in front.columns]
     for column in ["knee", "run_id", *objectives, *params, *paper]:
-        table.add_column(column, justify="left" if column in ("run_id", "paper_model") else "right")
+        table.add_column(column, justify="left" if column in ("run_id", "paper_model") else "right",
+                         overflow="fold", min_width=12 if column == "run_id" else None)
     for _, row in front.iterrows():
         cells = ["*" if row["knee"] else "", str(row["run_id"])[:12]]
         cells += [_fmt(row[c]) for c in [*objectives, *params, *paper]]
