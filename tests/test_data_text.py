@@ -31,8 +31,9 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("HYPERLAB_DATA_DIR", raising=False)
 
 
-def test_ptb_has_the_published_token_counts_and_50_symbols():
+def test_ptb_has_the_published_token_counts_and_50_symbols(tmp_path):
     corpus = load_corpus("ptb", shared_data())
+    assert [p.name[:4] for p in (tmp_path / "cache").iterdir()] == ["ptb-"]  # read-only source: cached aside
     assert [len(corpus.split(s)) for s in ("train", "valid", "test")] == [5_017_482, 393_042, 442_423]
     assert corpus.vocab_size == 50 and corpus.unk_id is None
     assert "\n" in corpus.vocab and "_" in corpus.vocab and " " not in corpus.vocab
@@ -142,6 +143,7 @@ def test_enwik8_stand_in_is_split_90_5_5_by_bytes(tmp_path):
     _zipped(tmp_path / "data" / "enwik8", "enwik8", payload)
     corpus = load_corpus("enwik8", tmp_path / "data")
     assert corpus.kind == "bytes"
+    assert len(list((tmp_path / "data" / "enwik8" / "derived").iterdir())) == 1  # writable: cached beside
     assert [len(corpus.split(s)) for s in ("train", "valid", "test")] == [3600, 200, 200]
     assert corpus.vocab_size == len(set(payload[:3600])) + (corpus.unk_id is not None)
     assert corpus.decode(corpus.split("train")) == payload[:3600].decode("utf-8", errors="replace")

@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from hyperlab.errors import UserError
+
 DERIVED_FORMAT = 1  # bump when the layout or meaning of derived arrays changes
 
 
@@ -67,8 +69,12 @@ def load_or_build(target: Path, build: Callable[[], tuple[dict[str, np.ndarray],
     """
     if not (target / "meta.json").is_file():
         arrays, meta = build()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        except OSError as err:
+            raise UserError(f"cannot cache derived arrays in {target.parent} ({err.strerror}); "
+                            f"set HYPERLAB_CACHE_DIR to a writable directory") from None
         try:
             for key, array in arrays.items():
                 np.save(staging / f"{key}.npy", np.ascontiguousarray(array))
