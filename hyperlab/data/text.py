@@ -54,8 +54,7 @@ class CharCorpus:
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids (int64) of ``text``; unseen symbols become ``<unk>`` or, without one, an error."""
-        raw = text.encode("utf-8")
-        symbols = np.frombuffer(raw, np.uint8) if self.kind == "bytes" else _code_points(text)
+        symbols = np.frombuffer(text.encode("utf-8"), np.uint8) if self.kind == "bytes" else _code_points(text)
         ids, known = _lookup(self._codes, symbols)
         if not known.all():
             if self.unk_id is None:
