@@ -10,6 +10,7 @@ import pytest
 from test_analysis_store import OBJECTIVES, shared_store
 
 from hyperlab.analysis import load_search, search_hypervolume, write_search_report
+from hyperlab.analysis.commands import print_search
 from hyperlab.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -77,9 +78,15 @@ def test_list(store, capsys):
     alpha = next(line for line in lines if "alpha" in line).split("│")
     assert [cell.strip() for cell in alpha[2:6]] == ["FINISHED", "18", "3", "3"]
     best = search_runs(uri, "alpha")["metrics.val/bpc"].min()
-    assert f"val/bpc min {best:.6g}" in alpha[7]
+    assert alpha[6].strip() == "0" and f"val/bpc min {best:.6g}" in alpha[8]
     gamma = next(line for line in lines if "gamma" in line).split("│")
-    assert [cell.strip() for cell in gamma[3:6]] == ["2", "0", "0"]  # trial 0 (failed) was deleted
+    assert [cell.strip() for cell in gamma[3:7]] == ["2", "0", "0", "1"]  # trial 0 (failed) was deleted
+
+
+def test_print_search_counts_complete_trials(store, capsys):
+    _, uri = store
+    assert print_search("alpha", uri) == 18
+    assert "Pareto front of alpha" in capsys.readouterr().out
 
 
 def test_compare(store, tmp_path, capsys):

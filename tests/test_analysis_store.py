@@ -74,13 +74,18 @@ _SHARED: dict[str, tuple] = {}
 
 def shared_store(tmp_path_factory) -> tuple[mlflow.MlflowClient, str]:
     """One store for every analysis test module (building a sqlite schema takes seconds): searches
-    alpha (24 trials) and beta (16), same space hash; gamma (3 trials, the first one deleted)."""
+    alpha (24 trials) and beta (16), same space hash; gamma (3 trials, the first one deleted, and
+    a fourth still running without metrics)."""
     if "store" not in _SHARED:
         client, uri = client_for(tmp_path_factory.mktemp("store"))
         log_search(client, "alpha", OBJECTIVES, example_trials(0, 24), parent_tags={"hyperlab.space_hash": "h1"})
         log_search(client, "beta", OBJECTIVES, example_trials(1, 16), parent_tags={"hyperlab.space_hash": "h1"})
         log_search(client, "gamma", OBJECTIVES, example_trials(2, 3))
         client.delete_run(load_search("gamma", uri)["run_id"].iloc[0])  # optuna trial 0
+        experiment = client.get_experiment_by_name("gamma").experiment_id
+        parent = load_search_meta("gamma", uri).parent_run_id
+        client.create_run(experiment, tags={layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_PARENT: parent,
+                                            layout.TAG_OPTUNA_TRIAL: "3"})  # still running: no fidelity tag
         _SHARED["store"] = client, uri
     return _SHARED["store"]
 
@@ -109,18 +114,22 @@ def test_load_search_casts_params_and_metrics(store):
     assert (df["end_time"] >= df["start_time"]).all()
 
 
-def test_sqlite_reader_equals_mlflow_client(store):
+@pytest.mark.parametrize("name", ["alpha", "gamma"])
+def test_sqlite_reader_equals_mlflow_client(store, name):
     _, uri = store
-    fast = read.read_trials("alpha", uri).sort_values("run_id").reset_index(drop=True)
-    slow = read.read_trials_with_client("alpha", uri).sort_values("run_id").reset_index(drop=True)
+    fast = read.read_trials(name, uri).sort_values("run_id").reset_index(drop=True)
+    slow = read.read_trials_with_client(name, uri).sort_values("run_id").reset_index(drop=True)
     assert sorted(fast.columns) == sorted(slow.columns)
     pd.testing.assert_frame_equal(fast[sorted(fast.columns)], slow[sorted(fast.columns)], check_dtype=False)
 
 
-def test_deleted_runs_are_left_out(store):
+def test_deleted_runs_are_left_out_and_running_ones_kept(store):
     _, uri = store
-    assert len(read.read_trials_with_client("gamma", uri)) == 2
-    assert load_search("gamma", uri)["optuna_trial"].tolist() == [1, 2]
+    assert len(read.read_trials_with_client("gamma", uri)) == 3
+    gamma = load_search("gamma", uri)
+    assert gamma["optuna_trial"].tolist() == [1, 2, 3]
+    assert gamma["fidelity"].tolist() == ["complete", "complete", "running"]
+    assert np.isnan(gamma["val/bpc"].iloc[2])
 
 
 def test_search_meta(store):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from hyperlab.analysis.compare import compare_searches, shared_objectives
 from hyperlab.analysis.figures import overlay_figure
-from hyperlab.analysis.load import load_search, load_search_meta, objectives_of
+from hyperlab.analysis.load import RUNNING, load_search, load_search_meta, objectives_of
 from hyperlab.analysis.paper import closest_paper_result, dataset_of, paper_table
 from hyperlab.analysis.report import front_table, write_front
 from hyperlab.tracking import read
@@ -25,16 +25,33 @@ def pareto(args: argparse.Namespace) -> int:
     """Print a search's front (rank-1 complete trials, knee marked, paper's closest result) and
     optionally write it to ``--out`` (.parquet or .csv)."""
     uri = resolve_tracking_uri(args.tracking_uri)
-    meta = load_search_meta(args.name, uri)
-    objectives = objectives_of(meta)
-    df = load_search(args.name, uri)
-    front = with_paper_results(front_table(df, objectives), objectives, dataset_of(df, meta.tags))
-    if args.out:  # checked before printing: a bad extension fails fast
+    df, front, objectives = _search_front(args.name, uri)
+    if args.out:  # written before printing: a bad extension fails fast
         write_front(front, args.out)
     _print_front(args.name, front, objectives, df)
     if args.out:
         print(f"wrote {args.out}")
     return 0
+
+
+def print_search(name: str, tracking_uri: str) -> int:
+    """Print a finished search's front; returns how many of its trials are complete."""
+    df, front, objectives = _search_front(name, tracking_uri)
+    if front.empty:
+        print(f"search {name}: no complete trial with every objective {list(objectives)}")
+    else:
+        _print_front(name, front, objectives, df)
+    return int((df["fidelity"] == "complete").sum()) if len(df) else 0
+
+
+def _search_front(name: str, uri: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    meta = load_search_meta(name, uri)
+    objectives = objectives_of(meta)
+    df = load_search(name, uri)
+    if df.empty:
+        return df, pd.DataFrame(columns=["knee", "run_id", *objectives]), objectives
+    front = with_paper_results(front_table(df, objectives), objectives, dataset_of(df, meta.tags))
+    return df, front, objectives
 
 
 def with_paper_results(front: pd.DataFrame, objectives: dict[str, str], dataset: str | None) -> pd.DataFrame:
@@ -131,7 +148,7 @@ def list_searches(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     names = read.list_searches(uri)
     table = Table(title=f"searches in {uri}")
-    for column in ("search", "status", *FIDELITIES, "wall time", "best per objective"):
+    for column in ("search", "status", *FIDELITIES, RUNNING, "wall time", "best per objective"):
         table.add_column(column)
     for name in names:
         table.add_row(*search_summary(name, uri))
@@ -142,7 +159,7 @@ def list_searches(args: argparse.Namespace) -> int:
 
 
 def search_summary(name: str, uri: str) -> list[str]:
-    """[name, status, n complete, n partial, n failed, wall time, best values] of one search."""
+    """[name, status, n complete, partial, failed, running, wall time, best values] of one search."""
     meta = load_search_meta(name, uri)
     df = load_search(name, uri)
     counts = df["fidelity"].value_counts() if not df.empty else pd.Series(dtype=int)
@@ -153,7 +170,7 @@ def search_summary(name: str, uri: str) -> list[str]:
         if len(values):
             best.append(f"{objective} {'min' if direction == 'min' else 'max'} "
                         f"{(values.min() if direction == 'min' else values.max()):.6g}")
-    return [name, meta.status, *(str(counts.get(f, 0)) for f in FIDELITIES),
+    return [name, meta.status, *(str(counts.get(f, 0)) for f in (*FIDELITIES, RUNNING)),
             _duration(meta.wall_time_s), "; ".join(best) or "-"]
 
 

@@ -116,7 +116,8 @@ def _png(path, x, y, title, groups, lines, knee_row, paper) -> None:
         ax.set_xscale("log")
     ax.set(xlabel=x, ylabel=y, title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # an empty search draws empty axes
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(Path(path), format="png")
     plt.close(fig)

@@ -10,6 +10,9 @@ from hyperlab.errors import UserError
 from hyperlab.tracking import layout, read
 from hyperlab.tracking.read import SearchMeta
 
+RUNNING = "running"
+"""Fidelity given to trials whose run is still RUNNING or SCHEDULED."""
+
 TAG_COLUMNS = {
     layout.TAG_OPTUNA_TRIAL: "optuna_trial",
     layout.TAG_TRIAL_ID: "ray_trial_id",
@@ -25,12 +28,16 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|n
 def load_search(name: str, tracking_uri: str) -> pd.DataFrame:
     """One row per trial run of search ``name``.
 
-    Columns: run_id, status, fidelity, start_time, end_time, the params under their dotted keys
-    cast to int / float / bool / str (int and bool nullable when a param is absent from some
+    Columns: run_id, status, fidelity (complete / partial / failed, or :data:`RUNNING`),
+    start_time, end_time, the params under their dotted keys cast to int / float / bool / str (int and bool nullable when a param is absent from some
     trials), each final metric as a float column named as the metric (``val/bpc``), and the tags
-    of :data:`TAG_COLUMNS` (``optuna_trial`` as a nullable int). Unknown name: UserError.
+    of :data:`TAG_COLUMNS` (``optuna_trial`` as a nullable int). Every objective of the search is
+    a column, NaN where a trial logged no value. Unknown name: UserError listing the known ones.
     """
-    return trial_table(read.read_trials(name, tracking_uri))
+    objectives = read.read_search_meta(name, tracking_uri).objectives
+    table = trial_table(read.read_trials(name, tracking_uri))
+    missing = {name: float("nan") for name in objectives if name not in table.columns}
+    return table.assign(**missing) if missing else table
 
 
 def load_search_meta(name: str, tracking_uri: str) -> SearchMeta:
@@ -58,8 +65,10 @@ def trial_table(raw: pd.DataFrame) -> pd.DataFrame:
     table = raw[["run_id", "status", "start_time", "end_time"]].copy()
     fidelity_tag = f"tags.{layout.TAG_FIDELITY}"
     fidelity = raw[fidelity_tag] if fidelity_tag in raw else pd.Series(pd.NA, index=raw.index)
-    # a run without the tag: infer it from the run status (the layout's one-to-one mapping)
-    from_status = raw["status"].map({s: f for f, s in layout.STATUS_OF_FIDELITY.items()})
+    # a run without the tag: infer it from the run status (the layout's one-to-one mapping);
+    # a trial still running (or scheduled) has no fidelity yet
+    from_status = raw["status"].map({**{s: f for f, s in layout.STATUS_OF_FIDELITY.items()},
+                                     "RUNNING": RUNNING, "SCHEDULED": RUNNING})
     table.insert(2, "fidelity", fidelity.fillna(from_status))
     columns = {key.removeprefix("params."): cast_param(raw[key])
                for key in sorted(raw.columns) if key.startswith("params.")}
