@@ -93,7 +93,7 @@ def test_hundred_thousand_points_rank_fast():
     for chunk in np.array_split(front, max(1, len(front) // 50)):
         dominated = ((points[None] <= chunk[:, None]).all(2) & (points[None] < chunk[:, None]).any(2)).any(1)
         assert not dominated.any()
-    assert elapsed < 1.0, f"ranking 100,000 points took {elapsed:.2f} s"
+    assert elapsed < 1.5, f"ranking 100,000 points took {elapsed:.2f} s"  # about 0.1 s on an idle core
 
 
 def test_knee_uses_log_parameter_counts():

@@ -1,0 +1,47 @@
+"""Comparing searches by hand: cross-domination of fronts, one reference, the hypervolume spread."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hyperlab.analysis import compare_searches, cross_domination
+from hyperlab.analysis.compare import shared_objectives
+from hyperlab.errors import UserError
+
+MIN2 = {"a": "min", "b": "min"}
+
+
+def frame(points, fidelity=None):
+    df = pd.DataFrame(points, columns=list(MIN2))
+    df["run_id"] = [f"r{i}" for i in range(len(df))]
+    if fidelity:
+        df["fidelity"] = fidelity
+    return df
+
+
+def test_cross_domination_by_hand():
+    fronts = {"A": frame([(1, 3), (3, 1)]), "B": frame([(2, 3.5), (0.5, 5), (3, 1)])}
+    table = cross_domination(fronts, MIN2)
+    # B's (2, 3.5) lies behind A's (1, 3); equal points (3, 1) do not dominate each other
+    assert table["search"].tolist() == ["A", "A", "B", "B", "B"]
+    assert table["n_dominating"].tolist() == [0, 0, 1, 0, 0]
+    assert table["dominated_by"].tolist() == ["", "", "A", "", ""]
+
+
+def test_compare_searches_by_hand():
+    a = frame([(1, 3), (3, 1), (4, 4), (0, 0)], fidelity=["complete", "complete", "complete", "partial"])
+    b = frame([(2, 2)])
+    result = compare_searches({"A": a, "B": b}, MIN2, margin=0.0)
+    # reference = worst complete values (margin 0): (4, 4); partial (0, 0) is ignored
+    assert result["reference"] == [4.0, 4.0]
+    # A: strips x 1..3 height 1, x 3..4 height 3 -> 5; B: 2 x 2 = 4
+    assert result["hypervolume"] == pytest.approx({"A": 5.0, "B": 4.0})
+    assert result["mean"] == pytest.approx(4.5) and result["std"] == pytest.approx(np.std([5, 4], ddof=1))
+    assert result["fronts"]["A"]["run_id"].tolist() == ["r0", "r1"]
+    assert result["domination"]["n_dominating"].tolist() == [0, 0, 0]
+
+
+def test_searches_with_different_objectives_are_refused():
+    assert shared_objectives({"A": MIN2, "B": dict(MIN2)}) == MIN2
+    with pytest.raises(UserError, match="different objectives"):
+        shared_objectives({"A": MIN2, "B": {"a": "min", "b": "max"}})
