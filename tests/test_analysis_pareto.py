@@ -119,6 +119,7 @@ def test_closest_paper_result():
     best = closest_paper_result(row, table, "val/bpc")
     assert best["model"] == "HyperLSTM 1000" and best["value"] == 1.296
     assert best["distance"] == pytest.approx(np.hypot(np.log10(4.91 / 4.9), 0.006 / 0.102))
+    assert closest_paper_result(row, table) == best  # the metric found from the row
     # enwik8 (test bpc only): LN HyperLSTM 1800 (18.78M, 1.353) is nearest in log params and scaled bpc
     enwik8 = closest_paper_result(row.rename({"val/bpc": "test/bpc"}), paper_table("enwik8"), "test/bpc")
     assert enwik8["model"] == "LN HyperLSTM 1800" and enwik8["params"] == 18.78e6

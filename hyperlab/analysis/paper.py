@@ -104,20 +104,24 @@ def dataset_of(df: pd.DataFrame, tags: dict[str, str] | None = None) -> str | No
     return None
 
 
-def closest_paper_result(row: pd.Series, table: pd.DataFrame, metric: str) -> dict | None:
+def closest_paper_result(row: pd.Series, table: pd.DataFrame, metric: str | None = None) -> dict | None:
     """The paper result closest to a front point ``row`` on (log10 params, ``metric``).
+
+    ``metric`` defaults to the first of the row's metrics that the table (or its other split) has.
 
     Distances use log10 parameters and the metric scaled by its spread in the paper table (so a
     decade of parameters and the table's whole range of the metric weigh alike). Falls back to
     the other split's metric (``val/`` <-> ``test/``) when the table lacks ``metric``; returns None
     when neither exists. The result: model, params, metric, value, distance.
     """
-    rows = table[table["metric"] == metric]
-    if rows.empty:
-        split, _, quantity = metric.partition("/")
-        other = {"val": "test", "test": "val"}.get(split)
-        rows = table[table["metric"] == f"{other}/{quantity}"] if other else rows
-    if rows.empty or "model/n_params" not in row or metric not in row:
+    if metric is None:
+        metric = next((m for m in row.index if m != "model/n_params" and _rows_for(table, m) is not None), None)
+        if metric is None:
+            return None
+    rows = _rows_for(table, metric)
+    if rows is None or "model/n_params" not in row or metric not in row:
+        return None
+    if not np.isfinite([float(row["model/n_params"]), float(row[metric])]).all():
         return None
     spread = rows["value"].max() - rows["value"].min() or 1.0
     d_params = np.log10(rows["params"].to_numpy()) - np.log10(float(row["model/n_params"]))
@@ -125,3 +129,13 @@ def closest_paper_result(row: pd.Series, table: pd.DataFrame, metric: str) -> di
     distance = np.hypot(d_params, d_metric)
     best = int(np.argmin(distance))
     return {**rows.iloc[best].to_dict(), "distance": float(distance[best])}
+
+
+def _rows_for(table: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    # the table's rows for ``metric``, else for the same quantity on the other split, else None
+    rows = table[table["metric"] == metric]
+    if rows.empty:
+        split, _, quantity = str(metric).partition("/")
+        other = {"val": "test", "test": "val"}.get(split)
+        rows = table[table["metric"] == f"{other}/{quantity}"] if other else rows
+    return None if rows.empty else rows
