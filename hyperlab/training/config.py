@@ -115,11 +115,12 @@ class TrainConfig(StrictModel):
 
     @pydantic.model_validator(mode="after")
     def _check_dataset(self) -> "TrainConfig":
-        wrong = IMAGE_DATASETS if self.task == "charlm" else CHAR_DATASETS
+        wrong, wanted = ((IMAGE_DATASETS, CHAR_DATASETS) if self.task == "charlm"
+                         else (CHAR_DATASETS, IMAGE_DATASETS))
         if self.data.dataset in wrong:
             raise ValidationError.from_exception_data("data", [InitErrorDetails(
-                type=PydanticCustomError("dataset", "{dataset!r} is not a dataset for task {task!r}",
-                                         {"dataset": self.data.dataset, "task": self.task}),
+                type=PydanticCustomError("value_error", f"{self.data.dataset!r} is not a dataset for task "
+                                         f"{self.task!r}; expected one of {', '.join(wanted)} or a path"),
                 loc=("data", "dataset"), input=self.data.dataset)])
         return self
 
