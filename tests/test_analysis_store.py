@@ -4,6 +4,7 @@ other analysis tests import them)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import mlflow
@@ -147,3 +148,16 @@ def test_unknown_search_lists_known_names(store):
         load_search("delta", uri)
     with pytest.raises(UserError, match="known searches: alpha, beta, gamma"):
         load_search_meta("delta", uri)
+
+
+def test_unknown_sqlite_schema_falls_back_to_the_client(store, monkeypatch):
+    _, uri = store
+    fast = load_search("alpha", uri)
+
+    def unknown_schema(*args):
+        raise sqlite3.OperationalError("no such table: latest_metrics")
+
+    monkeypatch.setattr(read, "_sqlite_runs", unknown_schema)
+    assert read.list_searches(uri) == ["alpha", "beta", "gamma"]
+    slow = load_search("alpha", uri)
+    pd.testing.assert_frame_equal(fast, slow[fast.columns], check_dtype=False)

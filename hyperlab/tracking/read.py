@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +125,8 @@ _CHILD_SQL = {  # (table, value expression) for the per-run key/value tables
 
 
 def _sqlite_runs(db: Path, experiment: str | None, role: str) -> pd.DataFrame:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    # read-only; waits up to 30 s for a writer's lock (a search logging trials meanwhile)
+    with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
         conn.execute("CREATE TEMP TABLE selected (run_uuid TEXT PRIMARY KEY)")
         sql = _RUNS_SQL.format(and_experiment="AND e.name = ?" if experiment is not None else "")
         args = [layout.TAG_ROLE, role] + ([experiment] if experiment is not None else [])
@@ -153,8 +155,11 @@ def _client_runs(tracking_uri: str, experiment: str | None, role: str) -> pd.Dat
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiments = {e.experiment_id: e.name for e in client.search_experiments()
-                   if experiment is None or e.name == experiment}
+    if experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        experiments = {found.experiment_id: found.name} if found else {}
+    else:
+        experiments = {e.experiment_id: e.name for e in _all_experiments(client)}
     rows, token = [], None
     while experiments:
         page = client.search_runs(list(experiments), filter_string=f"tags.`{layout.TAG_ROLE}` = '{role}'",
@@ -168,6 +173,16 @@ def _client_runs(tracking_uri: str, experiment: str | None, role: str) -> pd.Dat
     for col in ("start_time", "end_time"):
         frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
     return frame
+
+
+def _all_experiments(client) -> list:
+    found, token = [], None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
 
 
 def _client_row(run, experiments: dict[str, str]) -> dict:
