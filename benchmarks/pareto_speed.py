@@ -41,6 +41,7 @@ def time_front_and_hypervolume(n_points: int) -> float:
 
 
 def build_store(db: Path, n_runs: int) -> str:
+    """A sqlite store with one search of ``n_runs`` trials in hyperlab's layout."""
     import mlflow
     import sqlalchemy
     from mlflow.store.tracking.dbmodels import models
@@ -51,7 +52,19 @@ def build_store(db: Path, n_runs: int) -> str:
     parent = client.create_run(experiment_id, tags={layout.TAG_SEARCH: NAME, layout.TAG_ROLE: layout.ROLE_SEARCH,
                                                     layout.TAG_OBJECTIVES: json.dumps(OBJECTIVES)}).info.run_id
     client.set_terminated(parent, "FINISHED")
-    artifacts = client.get_experiment(experiment_id).artifact_location
+    rows = trial_rows(n_runs, int(experiment_id), client.get_experiment(experiment_id).artifact_location, parent)
+    tables = {"runs": models.SqlRun, "tags": models.SqlTag, "params": models.SqlParam,
+              "latest_metrics": models.SqlLatestMetric, "metrics": models.SqlMetric}
+    engine = sqlalchemy.create_engine(uri)
+    with engine.begin() as conn:  # one transaction: MLflow's own tables, rows as its store writes them
+        for name, model in tables.items():
+            conn.execute(sqlalchemy.insert(model.__table__), rows[name])
+    engine.dispose()
+    return uri
+
+
+def trial_rows(n_runs: int, experiment_id: int, artifacts: str, parent: str) -> dict[str, list[dict]]:
+    """Rows of the runs, tags, params, latest_metrics and metrics tables for ``n_runs`` trials."""
     rng = np.random.default_rng(1)
     now = int(time.time() * 1000)
     rows = {name: [] for name in ("runs", "tags", "params", "latest_metrics", "metrics")}
@@ -62,7 +75,7 @@ def build_store(db: Path, n_runs: int) -> str:
                                  entry_point_name="", user_id="bench", status=layout.STATUS_OF_FIDELITY[fidelity],
                                  start_time=now + number, end_time=now + number + 1000, deleted_time=None,
                                  source_version="", lifecycle_stage="active",
-                                 artifact_uri=f"{artifacts}/{run_id}/artifacts", experiment_id=int(experiment_id)))
+                                 artifact_uri=f"{artifacts}/{run_id}/artifacts", experiment_id=experiment_id))
         tags = {layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_PARENT: parent, layout.TAG_SEARCH: NAME,
                 layout.TAG_FIDELITY: fidelity, layout.TAG_OPTUNA_TRIAL: str(number)}
         rows["tags"] += [dict(key=k, value=v, run_uuid=run_id) for k, v in tags.items()]
@@ -76,14 +89,7 @@ def build_store(db: Path, n_runs: int) -> str:
             row = dict(key=k, value=v, timestamp=now, step=1, is_nan=False, run_uuid=run_id)
             rows["latest_metrics"].append(row)
             rows["metrics"].append(row)
-    tables = {"runs": models.SqlRun, "tags": models.SqlTag, "params": models.SqlParam,
-              "latest_metrics": models.SqlLatestMetric, "metrics": models.SqlMetric}
-    engine = sqlalchemy.create_engine(uri)
-    with engine.begin() as conn:
-        for name, model in tables.items():
-            conn.execute(sqlalchemy.insert(model.__table__), rows[name])
-    engine.dispose()
-    return uri
+    return rows
 
 
 def time_loading(store_dir: Path, n_runs: int) -> tuple[float, float]:

@@ -161,3 +161,23 @@ def test_unknown_sqlite_schema_falls_back_to_the_client(store, monkeypatch):
     assert read.list_searches(uri) == ["alpha", "beta", "gamma"]
     slow = load_search("alpha", uri)
     pd.testing.assert_frame_equal(fast, slow[fast.columns], check_dtype=False)
+
+
+@pytest.mark.slow
+def test_ten_thousand_runs_load_fast_and_equal_the_client(tmp_path):
+    import importlib.util
+    import time
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "pareto_speed.py"
+    spec = importlib.util.spec_from_file_location("pareto_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    uri = bench.build_store(tmp_path / "mlflow.db", 10_000)
+    start = time.perf_counter()
+    fast = read.read_trials(bench.NAME, uri)
+    elapsed = time.perf_counter() - start
+    slow = read.read_trials_with_client(bench.NAME, uri)
+    assert len(fast) == len(slow) == 10_000 and elapsed < 3.0
+    fast, slow = (df.sort_values("run_id").reset_index(drop=True) for df in (fast, slow))
+    pd.testing.assert_frame_equal(fast, slow[fast.columns], check_dtype=False)
