@@ -102,3 +102,10 @@ def test_search_hypervolume_measures_parameters_in_decades():
     df = pd.DataFrame({"model/n_params": [1e4, 1e3], "val/bpc": [1.0, 0.5], "fidelity": ["complete", "failed"]})
     # log10: point (4, 1) against (6, 2): 2 decades x 1 bpc; the failed trial is left out
     assert search_hypervolume(df, objectives, [1e6, 2.0]) == pytest.approx(2.0)
+
+
+def test_search_hypervolume_three_objectives():
+    objectives = {"model/n_params": "min", "val/bpc": "min", "val/acc": "max"}
+    df = pd.DataFrame({"model/n_params": [1e4, 1e4], "val/bpc": [1.0, 1.5], "val/acc": [0.9, 0.95]})
+    # boxes in (decades, bpc, acc) against (5, 2, 0): 1 x 1 x 0.9 and 1 x 0.5 x 0.95, overlap 1 x 0.5 x 0.9
+    assert search_hypervolume(df, objectives, [1e5, 2.0, 0.0]) == pytest.approx(0.9 + 0.475 - 0.45)

@@ -47,8 +47,9 @@ def point_kinds(df: pd.DataFrame, objectives: dict[str, str]) -> pd.Series:
     return kinds
 
 
-def _front_xy(df: pd.DataFrame, kinds: pd.Series, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    front = df[kinds == "front"].sort_values([x, y])
+def _front_xy(df: pd.DataFrame, kinds: pd.Series, x: str, y: str, n_objectives: int) -> tuple[np.ndarray, np.ndarray]:
+    # the step line; with more than two objectives the front is no staircase in (x, y): markers only
+    front = df[kinds == "front"].sort_values([x, y]) if n_objectives == 2 else df.iloc[:0]
     return front[x].to_numpy(float), front[y].to_numpy(float)
 
 
@@ -64,9 +65,9 @@ def tradeoff_figure(df: pd.DataFrame, objectives: dict[str, str], png_path, html
     kinds = point_kinds(df, objectives)
     shown = _plottable(df, x, y)
     groups = {kind: df[shown & (kinds == kind)] for kind in _STYLE}
-    front_xy = _front_xy(df, kinds, x, y)
-    knee_row = df.loc[knee(df[kinds == "front"], {x: objectives[x], y: objectives[y]})] \
-        if (kinds == "front").any() else None
+    front_xy = _front_xy(df, kinds, x, y, len(objectives))
+    knee_row = df.loc[knee(df[kinds == "front"], objectives)] \
+        if (kinds == "front").any() and len(objectives) == 2 else None
     paper = paper[paper["metric"] == y] if paper is not None else None
     _png(png_path, x, y, title, [(kind, groups[kind], _STYLE[kind][0]) for kind in _STYLE],
          [("front", front_xy, "tab:blue")], knee_row, paper)
@@ -89,7 +90,7 @@ def overlay_figure(searches: dict[str, pd.DataFrame], objectives: dict[str, str]
         points.append((f"{name} dominated", rest, dict(marker="o", color=colour, s=10, alpha=0.25)))
         fhtml.append((f"{name} front", front, dict(symbol="circle", color=colour, size=9)))
         fhtml.append((f"{name} dominated", rest, dict(symbol="circle", color=colour, size=5, opacity=0.3)))
-        lines.append((name, _front_xy(df, kinds, x, y), colour))
+        lines.append((name, _front_xy(df, kinds, x, y, len(objectives)), colour))
     _png(png_path, x, y, title, points, lines, None, None)
     if html_path is not None:
         _html(html_path, x, y, title, fhtml, lines, None, None)
