@@ -11,6 +11,7 @@ from test_analysis_store import OBJECTIVES, shared_store
 
 from hyperlab.analysis import load_search, search_hypervolume, write_search_report
 from hyperlab.analysis.commands import print_search
+from hyperlab.analysis.figures import point_kinds
 from hyperlab.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -142,3 +143,11 @@ def test_import_loads_neither_torch_nor_ray():
             "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'matplotlib', 'plotly') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_point_kinds_in_figures():
+    df = pd.DataFrame({"model/n_params": [1e4, 1e5, 2e5, 1e3, 1e3, 1e3],
+                       "val/bpc": [1.5, 1.2, 1.3, 1.0, 1.0, np.nan],
+                       "fidelity": ["complete", "complete", "complete", "partial", "running", "complete"]})
+    kinds = point_kinds(df, OBJECTIVES).tolist()
+    assert kinds == ["front", "front", "dominated", "partial", "running", "failed"]

@@ -36,13 +36,14 @@ def axes_of(objectives: dict[str, str]) -> tuple[str, str]:
 
 
 def point_kinds(df: pd.DataFrame, objectives: dict[str, str]) -> pd.Series:
-    """Kind of every row: 'front', 'dominated', 'partial' or 'failed' (rows without values dropped later)."""
+    """Kind of every row: 'front', 'dominated', 'partial', 'failed' or 'running' (not drawn)."""
     ranks = pareto_front(df, objectives)
     kinds = pd.Series("dominated", index=df.index)
     kinds[on_front(ranks)] = "front"
     if "fidelity" in df.columns:
         kinds[df["fidelity"] == PARTIAL] = PARTIAL
         kinds[df["fidelity"] == FAILED] = FAILED
+        kinds[~df["fidelity"].isin([COMPLETE, PARTIAL, FAILED])] = "running"  # not drawn
     kinds[ranks.isna() & (kinds == "dominated")] = FAILED  # complete but a value missing
     return kinds
 
@@ -53,8 +54,10 @@ def _front_xy(df: pd.DataFrame, kinds: pd.Series, x: str, y: str, n_objectives: 
     return front[x].to_numpy(float), front[y].to_numpy(float)
 
 
-def _plottable(df: pd.DataFrame, x: str, y: str) -> pd.Series:
-    return np.isfinite(df[[x, y]].to_numpy(float)).all(axis=1) & (df[x].to_numpy(float) > 0 if x in LOG_SCALE else True)
+def _plottable(df: pd.DataFrame, x: str, y: str) -> np.ndarray:
+    values = df[[x, y]].to_numpy(float)                    # (n, 2)
+    finite = np.isfinite(values).all(axis=1)
+    return finite & (values[:, 0] > 0) if x in LOG_SCALE else finite
 
 
 def tradeoff_figure(df: pd.DataFrame, objectives: dict[str, str], png_path, html_path=None,
@@ -68,7 +71,7 @@ def tradeoff_figure(df: pd.DataFrame, objectives: dict[str, str], png_path, html
     front_xy = _front_xy(df, kinds, x, y, len(objectives))
     knee_row = df.loc[knee(df[kinds == "front"], objectives)] \
         if (kinds == "front").any() and len(objectives) == 2 else None
-    paper = paper[paper["metric"] == y] if paper is not None else None
+    paper = paper[paper["metric"] == y] if paper is not None and x == "model/n_params" else None
     _png(png_path, x, y, title, [(kind, groups[kind], _STYLE[kind][0]) for kind in _STYLE],
          [("front", front_xy, "tab:blue")], knee_row, paper)
     if html_path is not None:
@@ -80,7 +83,7 @@ def overlay_figure(searches: dict[str, pd.DataFrame], objectives: dict[str, str]
                    html_path=None, title: str = "") -> None:
     """The fronts of several searches in one figure, one colour each (dominated points faint)."""
     x, y = axes_of(objectives)
-    points, fpng, fhtml, lines = [], [], [], []
+    points, fhtml, lines = [], [], []
     for i, (name, df) in enumerate(searches.items()):
         colour = _PALETTE[i % len(_PALETTE)]
         kinds = point_kinds(df, objectives)
