@@ -93,6 +93,12 @@ def test_common_reference_pushes_out_worst_complete_values():
     # a single point: zero range -> a tenth of a decade, a tenth of the value
     assert common_reference([b], objectives) == pytest.approx([1e5 * 10 ** 0.1, 2.2, 0.765])
     assert search_reference(objectives, a) == pytest.approx([1e6 * 10 ** 0.2, 1.53, 0.0])
+    bounded = search_reference(objectives, a, bounds={"model/n_params": 2e6})
+    assert bounded == pytest.approx([2e6, 1.53, 0.0])
+    everything = {"model/n_params": 2e6, "val/bpc": np.log2(50)}  # known bounds need no trial at all
+    assert search_reference(objectives, a.iloc[:0], bounds=everything) == pytest.approx([2e6, np.log2(50), 0.0])
+    with pytest.raises(UserError, match="not objectives"):
+        search_reference(objectives, a, bounds={"test/bpc": 5.0})
     with pytest.raises(UserError, match="no complete trial"):
         common_reference([a[a["fidelity"] == "partial"]], objectives)
 

@@ -109,16 +109,25 @@ def _unscale(scaled: np.ndarray, objectives: dict[str, str]) -> list[float]:
     return values
 
 
-def search_reference(objectives: dict[str, str], df: pd.DataFrame, margin: float = 0.1) -> list[float]:
+def search_reference(objectives: dict[str, str], df: pd.DataFrame, margin: float = 0.1,
+                     bounds: dict[str, float] | None = None) -> list[float]:
     """The fixed reference point of one search's hypervolume series.
 
-    Rule: bounded metrics take their worst possible value (:data:`NATURAL_WORST`: accuracy 0);
-    the others take :func:`common_reference` of the complete trials in ``df``. The caller computes
-    it once, from the first complete trial(s), and persists it (e.g. as a tag on the parent run):
-    a reference that moved with later trials would make the series incomparable over time.
+    Rule, per objective: a bound the caller knows (``bounds``, e.g. the search's parameter budget
+    for ``model/n_params``, or log2 of the vocabulary for bits per character: a uniform guess);
+    else the metric's worst possible value (:data:`NATURAL_WORST`: accuracy 0); else
+    :func:`common_reference` of the complete trials in ``df``. The caller computes it once, from
+    the first complete trial(s), and persists it (e.g. as a tag on the parent run): a reference
+    that moved with later trials would make the series incomparable over time.
     """
+    bounds = {**NATURAL_WORST, **(bounds or {})}
+    unknown = set(bounds) - set(NATURAL_WORST) - set(objectives)
+    if unknown:
+        raise UserError(f"bounds for {sorted(unknown)}, which are not objectives {list(objectives)}")
+    if all(name in bounds for name in objectives):
+        return [float(bounds[name]) for name in objectives]
     reference = common_reference([df], objectives, margin)
-    return [NATURAL_WORST.get(name, value) for name, value in zip(objectives, reference)]
+    return [float(bounds.get(name, value)) for name, value in zip(objectives, reference)]
 
 
 def search_hypervolume(df: pd.DataFrame, objectives: dict[str, str], reference: Sequence[float]) -> float:
