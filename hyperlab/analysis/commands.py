@@ -11,6 +11,7 @@ import pandas as pd
 from hyperlab.analysis.compare import compare_searches, shared_objectives
 from hyperlab.analysis.figures import overlay_figure
 from hyperlab.analysis.load import RUNNING, load_search, load_search_meta, objectives_of
+from hyperlab.analysis.pareto import LOG_SCALE
 from hyperlab.analysis.paper import closest_paper_result, dataset_of, paper_table
 from hyperlab.analysis.report import front_table, write_front
 from hyperlab.tracking import read
@@ -122,6 +123,8 @@ def compare(args: argparse.Namespace) -> int:
 def _print_comparison(result: dict, objectives: dict[str, str], metas: dict) -> None:
     reference = ", ".join(f"{name}={value:.6g}" for name, value in zip(objectives, result["reference"]))
     print(f"common reference point: {reference}")
+    if any(name in LOG_SCALE for name in objectives):
+        print(f"  (hypervolumes measure {', '.join(n for n in objectives if n in LOG_SCALE)} in decades: log10)")
     domination = result["domination"]
     for name, volume in result["hypervolume"].items():
         rows = domination[domination["search"] == name]
