@@ -62,7 +62,7 @@ class CharRNN(nn.Module):
         x = F.one_hot(tokens.t(), self.vocab_size).to(weight.dtype)  # (T, B, V)
         x = F.dropout(x, self.dropout, self.training)
         scales = []
-        if self.is_hyper:
+        if self.is_hyper and return_scales:
             out, state, scales = self.rnn(x, state, return_scales=True)
         else:
             out, state = self.rnn(x, state)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperlab.models.lstm import GateNorm, LN_EPS, LSTMLayer, _check_input, cell_update, \
+from hyperlab.models.hyperlstm_fused import HyperLSTMSequence
+from hyperlab.models.lstm import GateNorm, LN_EPS, LSTMLayer, _check_input, cell_update, dropout_masks, \
     glorot_blocks_, orthogonal_blocks_
 
 N_EMBEDDINGS = 12  # (x, h, b) × (i, g, f, o)
@@ -20,8 +21,9 @@ N_EMBEDDINGS = 12  # (x, h, b) × (i, g, f, o)
 class HyperLSTMCell(nn.Module):
     """One HyperLSTM layer over a whole sequence (time-major); a one-step call is a length-1 sequence.
 
-    ``outputs, (h, c, hyper_h, hyper_c), (d_x, d_h) = cell(x, state)`` with x (T, B, N_x), state tensors
-    (B, H) / (B, Ĥ), outputs (T, B, H) and scales d_x, d_h each (T, B, 4, H) in gate order (i, g, f, o).
+    ``outputs, (h, c, hyper_h, hyper_c), scales = cell(x, state, return_scales)`` with x (T, B, N_x),
+    state tensors (B, H) / (B, Ĥ), outputs (T, B, H); scales is None, or with ``return_scales`` the pair
+    (d_x, d_h), each (T, B, 4, H) in gate order (i, g, f, o).
     ``dropout`` is recurrent dropout on the main cell's candidate.
 
     Parameters: 4H(N_x+H+1) + 4Ĥ(N_x+H+Ĥ+1) + 12·N_z·(Ĥ+H) + 8·N_z, plus 10H + 10Ĥ with layer norm.
@@ -32,6 +34,9 @@ class HyperLSTMCell(nn.Module):
         super().__init__()
         self.input_size, self.hidden_size, self.hyper_size, self.n_z = input_size, hidden_size, hyper_size, n_z
         self.dropout = dropout
+        # without layer norm, sequences run through HyperLSTMSequence (hand-written backward) unless
+        # scales are requested; set False to run the eager reference loop below
+        self.fused = True
         # main cell: W_x, W_h, b_0
         self.weight_x = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
@@ -68,26 +73,33 @@ class HyperLSTMCell(nn.Module):
         hyper = torch.zeros(batch_size, self.hyper_size, device=device, dtype=dtype)
         return main, main.clone(), hyper, hyper.clone()
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None):
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None,
+                return_scales: bool = False):
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)
         n_x = self.input_size
         x_main = F.linear(x, self.weight_x)  # (T, B, 4H): W_x x_t for every step in one product
         x_hyper = F.linear(x, self.hyper.weight_x[:, :n_x], self.hyper.bias)  # (T, B, 4Ĥ)
-        hyper_from_h = self.hyper.weight_x[:, n_x:].t()  # (H, 4Ĥ)
+        hyper_from_h = self.hyper.weight_x[:, n_x:]  # (4Ĥ, H): the hyper cell reads h_{t-1} too
         z_bias = torch.cat([self.bias_z, self.bias_z.new_zeros(4 * self.n_z)])  # (12 N_z)
+        masks = dropout_masks(x, self.hidden_size, self.dropout, self.training)
+        if self.fused and self.gate_norm is None and not return_scales:
+            outputs, *final = HyperLSTMSequence.apply(
+                x_main, x_hyper, *state, self.weight_h, self.bias, hyper_from_h, self.hyper.weight_h,
+                self.weight_z, z_bias, self.weight_scale, masks if isinstance(masks, torch.Tensor) else None)
+            return outputs, tuple(final), None
         h, c, hyper_h, hyper_c = state
         outputs, scales_x, scales_h = [], [], []
-        for x_main_t, x_hyper_t in zip(x_main.unbind(0), x_hyper.unbind(0)):
-            hyper_h, hyper_c = self.hyper.step(torch.addmm(x_hyper_t, h, hyper_from_h), hyper_h, hyper_c)
-            h, c, d_x, d_h = self._main_step(x_main_t, h, c, hyper_h, z_bias)
+        for x_main_t, x_hyper_t, mask in zip(x_main.unbind(0), x_hyper.unbind(0), masks):
+            hyper_h, hyper_c = self.hyper.step(torch.addmm(x_hyper_t, h, hyper_from_h.t()), hyper_h, hyper_c)
+            h, c, d_x, d_h = self._main_step(x_main_t, h, c, hyper_h, z_bias, mask)
             outputs.append(h)
             scales_x.append(d_x)
             scales_h.append(d_h)
-        scales = torch.stack(scales_x), torch.stack(scales_h)
+        scales = (torch.stack(scales_x), torch.stack(scales_h)) if return_scales else None
         return torch.stack(outputs), (h, c, hyper_h, hyper_c), scales
 
-    def _main_step(self, x_main_t, h, c, hyper_h, z_bias):
+    def _main_step(self, x_main_t, h, c, hyper_h, z_bias, candidate_mask):
         batch, hidden = h.shape
         z = F.linear(hyper_h, self.weight_z, z_bias).view(batch, N_EMBEDDINGS, self.n_z)
         d = torch.bmm(z.transpose(0, 1), self.weight_scale)  # (12, B, H): all scaling vectors at once
@@ -97,7 +109,7 @@ class HyperLSTMCell(nn.Module):
         gates = gates.reshape(batch, 4 * hidden)
         if self.gate_norm is not None:
             gates = self.gate_norm(gates)
-        h, c = cell_update(gates, c, self.cell_norm, self.dropout, self.training)
+        h, c = cell_update(gates, c, self.cell_norm, candidate_mask)
         return h, c, d_x, d_h
 
 
@@ -133,9 +145,10 @@ class HyperLSTM(nn.Module):
             state = self.init_state(x.shape[1], x.device, x.dtype)
         finals, scales = [], []
         for layer, *layer_state in zip(self.layers, *state):
-            x, final, (d_x, d_h) = layer(x, tuple(layer_state))
+            x, final, layer_scales = layer(x, tuple(layer_state), return_scales)
             finals.append(final)
-            scales.append({"d_x": d_x, "d_h": d_h})
+            if return_scales:
+                scales.append(dict(zip(("d_x", "d_h"), layer_scales)))
         state = tuple(torch.stack(s) for s in zip(*finals))
         output = x.transpose(0, 1) if self.batch_first else x
         return (output, state, scales) if return_scales else (output, state)

@@ -50,19 +50,27 @@ class GateNorm(nn.Module):
 
 
 def cell_update(gates: torch.Tensor, c: torch.Tensor, cell_norm: nn.Module | None = None,
-                dropout: float = 0.0, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                candidate_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM state update from (normalised) pre-activations ``gates`` (B, 4H) in order (i, g, f, o).
 
-    c_t = sigmoid(f + 1) * c + sigmoid(i) * drop(tanh(g));  h_t = sigmoid(o) * tanh(LN(c_t)).
-    The stored c_t is not normalised.
+    c_t = sigmoid(f + 1) * c + sigmoid(i) * mask * tanh(g);  h_t = sigmoid(o) * tanh(LN(c_t)).
+    The stored c_t is not normalised. ``candidate_mask`` (B, H) is the recurrent dropout mask.
     """
     i, g, f, o = gates.chunk(4, -1)
     candidate = torch.tanh(g)
-    if dropout > 0.0 and training:
-        candidate = F.dropout(candidate, dropout, training=True)
+    if candidate_mask is not None:
+        candidate = candidate * candidate_mask
     c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * candidate
     h = torch.sigmoid(o) * torch.tanh(c if cell_norm is None else cell_norm(c))
     return h, c
+
+
+def dropout_masks(like: torch.Tensor, size: int, p: float, training: bool) -> list | torch.Tensor:
+    """Recurrent dropout masks for a sequence ``like`` (T, B, ·): (T, B, size) scaled by 1/(1-p), or
+    T Nones when dropout is off. Drawn up front so every implementation of a cell sees the same masks."""
+    if p == 0.0 or not training:
+        return [None] * like.shape[0]
+    return F.dropout(like.new_ones(like.shape[0], like.shape[1], size), p, training=True)
 
 
 class LSTMLayer(nn.Module):
@@ -84,20 +92,21 @@ class LSTMLayer(nn.Module):
         glorot_blocks_(self.weight_x)
         orthogonal_blocks_(self.weight_h)
 
-    def step(self, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    def step(self, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, candidate_mask=None):
         """One step from the precomputed input projection ``x_proj`` (B, 4H); returns (h, c)."""
         gates = torch.addmm(x_proj, h, self.weight_h.t())  # (B, 4H)
         if self.gate_norm is not None:
             gates = self.gate_norm(gates)
-        return cell_update(gates, c, self.cell_norm, self.dropout, self.training)
+        return cell_update(gates, c, self.cell_norm, candidate_mask)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """x (T, B, N_in), state (h, c) each (B, H) -> outputs (T, B, H), (h_T, c_T)."""
         x_proj = F.linear(x, self.weight_x, self.bias)  # (T, B, 4H): one product for all steps
+        masks = dropout_masks(x, self.hidden_size, self.dropout, self.training)
         h, c = state
         outputs = []
-        for x_t in x_proj.unbind(0):
-            h, c = self.step(x_t, h, c)
+        for x_t, mask in zip(x_proj.unbind(0), masks):
+            h, c = self.step(x_t, h, c, mask)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
 
