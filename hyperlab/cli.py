@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p["search"].add_argument("--data-dir", help="dataset cache directory (default: $HYPERLAB_DATA_DIR)")
     p["search"].add_argument("--smoke-test", action="store_true",
                              help="shrink the search to seconds (2 trials, a few steps)")
+    p["search"].add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p["resume"].add_argument("name", help="name of the search to resume")
+    p["resume"].add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p["resume"].add_argument("--address")
     p["resume"].add_argument("--storage")
     p["resume"].add_argument("--data-dir")

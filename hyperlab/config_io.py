@@ -58,7 +58,7 @@ def _problems(err: pydantic.ValidationError) -> list[tuple[str, str]]:
         elif e["type"] == "missing":
             msg = "required key is missing"
         else:
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             if "input" in e and e["type"] not in ("value_error", "assertion_error"):
                 msg += f" (got {e['input']!r})"
         problems.append((key, msg))

@@ -27,3 +27,16 @@ def init_store(uri: str) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     return uri
+
+
+def get_or_create_experiment(client, name: str, tags: dict[str, str] | None = None) -> str:
+    """The experiment's id, creating it if needed. With a sqlite store the artifacts go beside the
+    database (``<db dir>/artifacts/<name>``), not into ``./mlruns`` of whatever directory ran it."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment:
+        return experiment.experiment_id
+    location = None
+    uri = client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location, tags=tags)

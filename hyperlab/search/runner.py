@@ -1,0 +1,158 @@
+"""Run a search on Ray Tune: build the Tuner (fresh or restored), with Optuna as the searcher and
+MLflow as the one writer on the driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pyarrow.fs
+import ray
+from ray import tune
+
+from hyperlab import __version__
+from hyperlab.errors import UserError
+from hyperlab.search.callback import MlflowSearchCallback, ProgressCallback
+from hyperlab.search.scheduler import PersistentASHA
+from hyperlab.search.searcher import N_PARAMS_KEY, BudgetedOptunaSearch
+from hyperlab.search.space import SearchSpace, dump
+from hyperlab.search.trainable import train_trial
+from hyperlab.tracking import layout
+from hyperlab.tracking.writer import SearchWriter
+
+MANIFEST = "hyperlab_search.json"  # beside Ray's experiment state: what `hyperlab resume` needs
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """Everything a search run needs, resolved from the command line."""
+
+    name: str
+    space: SearchSpace
+    base_config: object      # hyperlab.training.TrainConfig
+    space_text: str          # the search-space file as the user wrote it
+    tracking_uri: str
+    storage: str             # Ray results: a local directory or a URI (s3://...)
+    data_dir: str | None = None
+    address: str | None = None
+    num_cpus: int | None = None  # local Ray only; None = all cores
+
+
+def experiment_path(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
+
+
+def exists(storage: str, name: str) -> bool:
+    fs, path = _fs(experiment_path(storage, name))
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def write_manifest(run: SearchRun) -> None:
+    fs, path = _fs(experiment_path(run.storage, run.name))
+    fs.create_dir(path, recursive=True)
+    body = json.dumps({"name": run.name, "space": run.space_text, "tracking_uri": run.tracking_uri,
+                       "data_dir": run.data_dir, "storage": run.storage}, indent=1)
+    with fs.open_output_stream(f"{path}/{MANIFEST}") as f:
+        f.write(body.encode())
+
+
+def read_manifest(storage: str, name: str) -> dict:
+    fs, path = _fs(experiment_path(storage, name))
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
+            return json.loads(f.readall())
+    except FileNotFoundError:
+        raise UserError(f"no search named {name!r} under {storage} (looked for {path}/{MANIFEST}); "
+                        f"pass --storage if it was started with one") from None
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    # Quiet defaults: hyperlab shows its own progress bar; Tune's tables and snapshot warnings are noise.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record, not CSV/TB
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def run_search(run: SearchRun, resume: bool = False, progress: bool = True):
+    """Run (or resume) a search to the end; returns Tune's ResultGrid."""
+    init_ray(run.address, run.num_cpus)
+    trainable = _trainable(run)
+    if resume:  # Tune restores the searcher and the callbacks (which reattach to their MLflow runs)
+        tuner = tune.Tuner.restore(experiment_path(run.storage, run.name), trainable,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        callbacks = [MlflowSearchCallback(run.tracking_uri, run.name, run.space.objectives, tags={
+            layout.TAG_CODE_VERSION: code_version(), "hyperlab.space_hash": run.space.space_hash(),
+            "hyperlab.storage": experiment_path(run.storage, run.name)}, artifacts={
+            layout.SEARCH_SPACE_ARTIFACT: run.space_text, "search_space.resolved.yaml": dump(run.space)})]
+        if progress:
+            callbacks.append(ProgressCallback(run.space.trials, run.name))
+        tuner = tune.Tuner(trainable, tune_config=_tune_config(run), run_config=_run_config(run, callbacks))
+    try:
+        return tuner.fit()
+    except BaseException:
+        SearchWriter(run.tracking_uri, run.name, run.space.objectives).finish_interrupted()
+        raise
+
+
+def _trainable(run: SearchRun):
+    trainable = tune.with_parameters(train_trial, base_config=run.base_config, data_dir=run.data_dir)
+    resources = run.space.resources
+    return tune.with_resources(trainable, lambda config: resources.for_params(config.get(N_PARAMS_KEY, 0)))
+
+
+def _tune_config(run: SearchRun) -> tune.TuneConfig:
+    space = run.space
+    searcher = BudgetedOptunaSearch(space, run.base_config, study_name=run.name, data_dir=run.data_dir)
+    scheduler = None
+    if space.early_stopping:
+        rule = space.early_stopping
+        schedule = run.base_config.schedule
+        evaluations = -(-schedule.steps // schedule.eval_every)
+        state_path = os.path.join(tempfile.gettempdir(), f"hyperlab-asha-{run.name}.pkl")
+        if "://" not in run.storage:
+            state_path = os.path.join(os.path.abspath(experiment_path(run.storage, run.name)), "asha_state.pkl")
+        scheduler = PersistentASHA(rule, mode=rule.metric and _direction(rule.metric),
+                                   max_evaluations=evaluations, state_path=state_path)
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.trials,
+                           max_concurrent_trials=space.concurrency)
+
+
+def _direction(metric: str) -> str:
+    from hyperlab.metrics import direction
+
+    return direction(metric)
+
+
+def _run_config(run: SearchRun, callbacks) -> tune.RunConfig:
+    storage = run.storage if "://" in run.storage else os.path.abspath(run.storage)
+    return tune.RunConfig(
+        name=run.name, storage_path=storage, callbacks=callbacks, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=run.space.retries),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )
