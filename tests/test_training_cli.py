@@ -46,6 +46,7 @@ def test_train_then_sample(tmp_path):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
         "checkpoint/config.yaml", "checkpoint/model.pt", "checkpoint/trainer.pt"}
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["checkpoint-120"]
+    assert (tmp_path / "artifacts" / "hyperlab-train").is_dir()  # beside the store, not in ./mlruns
 
     out = tmp_path / "sample"
     argv = ["sample", run.info.run_id, "--length", "120", "--primer", "KING", "--tracking-uri", uri,

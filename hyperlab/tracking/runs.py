@@ -30,9 +30,11 @@ def client(tracking_uri: str):
 
 def start_run(mlflow_client, experiment: str, run_name: str | None = None,
               tags: Mapping[str, str] | None = None) -> str:
-    """Create a run (RUNNING) in ``experiment``, creating the experiment if needed; returns its id."""
-    found = mlflow_client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow_client.create_experiment(experiment)
+    """Create a run (RUNNING) in ``experiment``, creating the experiment if needed (artifacts beside a
+    sqlite store, see ``store.get_or_create_experiment``); returns the run's id."""
+    from hyperlab.tracking.store import get_or_create_experiment
+
+    experiment_id = get_or_create_experiment(mlflow_client, experiment)
     run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
     return run.info.run_id
 

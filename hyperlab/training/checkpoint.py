@@ -59,8 +59,8 @@ def save(workdir: str | Path, step: int, model_state: dict, trainer_state: dict,
         for file in tmp.iterdir():
             _fsync(file)
         _fsync(tmp)
-        if final.exists():  # same step written again (a resumed run re-evaluating): replace it
-            shutil.rmtree(final)
+        if final.exists():  # the same step again (a run resumed at its end): move the old one aside
+            os.replace(final, tmp.with_name(f".{final.name}.old.tmp"))
         os.replace(tmp, final)  # atomic on one filesystem: readers see all of it or none
         _fsync(workdir)
     except BaseException:

@@ -73,8 +73,10 @@ def _fit_with_progress(config, client, run_id, workdir, data_dir, fit):
         def report(metrics, checkpoint_dir):
             runs.log_metrics(client, run_id, metrics, metrics["step"])
             last["checkpoint"] = checkpoint_dir or last["checkpoint"]
-            shown = {k: v for k, v in metrics.items() if k.split("/")[0] in ("train", "val", "test")}
-            progress.update(bar, status="  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                              if k.split("/")[0] in ("train", "val", "test") or k == "throughput")
+            progress.console.print(f"step {metrics['step']}: {shown}")  # a log line, also when not a TTY
+            progress.update(bar, status=shown)
 
         result = fit(config, report, workdir=workdir, data_dir=data_dir,
                      on_step=lambda step: progress.update(bar, completed=step))

@@ -51,10 +51,9 @@ def model_metrics(report: dict[str, Any]) -> dict[str, float]:
     """A parameter report as metrics: ``model/n_params`` (the total), ``model/compression_ratio``
     (when not None), and every other numeric entry under ``model/<key>``."""
     metrics = {}
-    for key, value in report.items():
-        name = "model/n_params" if key in ("total", "n_params") else f"model/{key}"
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
-            metrics[name] = value
+    for key, value in report.items():  # None (no compression ratio) and non-numbers are left out
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics["model/n_params" if key == "total" else f"model/{key}"] = value
     return metrics
 
 
