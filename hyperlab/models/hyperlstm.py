@@ -77,17 +77,18 @@ class HyperLSTMCell(nn.Module):
                 return_scales: bool = False):
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)
-        n_x = self.input_size
-        x_main = F.linear(x, self.weight_x)  # (T, B, 4H): W_x x_t for every step in one product
-        x_hyper = F.linear(x, self.hyper.weight_x[:, :n_x], self.hyper.bias)  # (T, B, 4Ĥ)
-        hyper_from_h = self.hyper.weight_x[:, n_x:]  # (4Ĥ, H): the hyper cell reads h_{t-1} too
         z_bias = torch.cat([self.bias_z, self.bias_z.new_zeros(4 * self.n_z)])  # (12 N_z)
         masks = dropout_masks(x, self.hidden_size, self.dropout, self.training)
         if self.fused and self.gate_norm is None and not return_scales:
             outputs, *final = HyperLSTMSequence.apply(
-                x_main, x_hyper, *state, self.weight_h, self.bias, hyper_from_h, self.hyper.weight_h,
-                self.weight_z, z_bias, self.weight_scale, masks if isinstance(masks, torch.Tensor) else None)
+                x, *state, self.weight_x, self.weight_h, self.bias, self.hyper.weight_x, self.hyper.weight_h,
+                self.hyper.bias, self.weight_z, z_bias, self.weight_scale,
+                masks if isinstance(masks, torch.Tensor) else None)
             return outputs, tuple(final), None
+        n_x = self.input_size
+        x_main = F.linear(x, self.weight_x)  # (T, B, 4H): W_x x_t for every step in one product
+        x_hyper = F.linear(x, self.hyper.weight_x[:, :n_x], self.hyper.bias)  # (T, B, 4Ĥ)
+        hyper_from_h = self.hyper.weight_x[:, n_x:]  # (4Ĥ, H): the hyper cell reads h_{t-1} too
         h, c, hyper_h, hyper_c = state
         outputs, scales_x, scales_h = [], [], []
         for x_main_t, x_hyper_t, mask in zip(x_main.unbind(0), x_hyper.unbind(0), masks):

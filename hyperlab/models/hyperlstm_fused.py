@@ -1,13 +1,13 @@
 """A whole HyperLSTM layer sequence (without layer norm) as one autograd Function with a hand-written
 backward. ``HyperLSTMCell``'s eager loop is the readable reference; tests check outputs and gradients agree.
 
-Why it is fast: no autograd graph per step; every buffer is written in place; everything is stored
-feature-major (features, B), so gates, the twelve scaling vectors (12, H, B) and their products are all
-contiguous (no transposes inside the loop); weight gradients are computed after the loop as one matrix
-product over all T·B columns.
+Why it is fast: no autograd graph per step; every buffer is written in place; buffers are laid out
+(features, T, B), so that a step is a (features, B) slice (gates and the twelve scaling vectors (12, H, B)
+multiply without transposes) and a whole sequence is a (features, T·B) matrix (W_x x for all steps, and
+every weight gradient, is one matrix product, without copies).
 
-Buffers: acts (T, 4N, B) hold the gate activations (σ(i), tanh(g), σ(f+1), σ(o)), tanh_c (T, N, B) the
-cell's tanh; cs and hyper_hs (T+1, N, B) start with the initial state.
+Buffers: acts (4N, T, B) hold the gate activations (σ(i), tanh(g), σ(f+1), σ(o)), tanh_c (N, T, B) the
+cell's tanh; hs, cs, hyper_hs, hyper_cs (N, T+1, B) start with the initial state.
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ def _has_onednn_matmul() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if its rows or columns are contiguous, else a contiguous copy (oneDNN is slow on padded strides)."""
+    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
+
+
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b. float32 on the CPU goes through oneDNN's matmul: for these skinny products (B columns)
     it is about 1.2x (forward) to 1.9x (transposed weight) faster than torch.mm's sgemm."""
     if a.dtype == torch.float32 and a.device.type == "cpu" and _has_onednn_matmul():
-        return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b).t(), None, "none", [], "")
     return torch.mm(a, b)
 
 
@@ -63,101 +68,118 @@ def _cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
     return dc_total * f
 
 
-def _feature_major(x: torch.Tensor) -> torch.Tensor:
-    """(..., B, F) -> (..., F, B), contiguous."""
-    return x.transpose(-1, -2).contiguous()
-
-
 def _columns(buffer: torch.Tensor) -> torch.Tensor:
-    """(T, F, B) -> (F, T·B): every step's batch as columns, for one weight-gradient product."""
-    return buffer.permute(1, 0, 2).reshape(buffer.shape[1], -1)
+    """(F, T, B) -> (F, T·B): every step's batch as columns (a view)."""
+    return buffer.reshape(buffer.shape[0], -1)
+
+
+def _time_major(buffer: torch.Tensor) -> torch.Tensor:
+    """(F, T, B) -> (T, B, F), contiguous."""
+    return buffer.permute(1, 2, 0).contiguous()
 
 
 class HyperLSTMSequence(torch.autograd.Function):
-    """apply(x_main, x_hyper, h0, c0, hyper_h0, hyper_c0, weight_h, bias, hyper_from_h, hyper_weight_h,
-    weight_z, z_bias, weight_scale, masks) -> (outputs (T, B, H), h_T, c_T, hyper_h_T, hyper_c_T).
+    """apply(x, h0, c0, hyper_h0, hyper_c0, weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h,
+    hyper_bias, weight_z, z_bias, weight_scale, masks) -> (outputs (T, B, H), h_T, c_T, hyper_h_T, hyper_c_T).
 
-    x_main = W_x x (T, B, 4H) and x_hyper (T, B, 4Ĥ) (the hyper cell's x part with its bias) are
-    computed by the caller for all steps at once; masks (T, B, H) or None.
+    x (T, B, N_x); states (B, ·); weights as in ``HyperLSTMCell`` (hyper_weight_x (4Ĥ, N_x + H) reads
+    [x ; h]; z_bias (12 N_z) with zeros for z_b); masks (T, B, H) or None.
     """
 
     @staticmethod
-    def forward(ctx, x_main, x_hyper, h0, c0, hyper_h0, hyper_c0, weight_h, bias, hyper_from_h,
-                hyper_weight_h, weight_z, z_bias, weight_scale, masks):
-        steps, batch, hidden, hyper = x_main.shape[0], h0.shape[0], h0.shape[1], hyper_h0.shape[1]
-        n_emb, n_z = weight_scale.shape[:2]
-        new = x_main.new_empty
-        x_main, x_hyper = _feature_major(x_main), _feature_major(x_hyper)  # (T, 4H, B), (T, 4Ĥ, B)
-        masks = None if masks is None else _feature_major(masks)
-        outputs, cs, tanh_c, acts = new(steps, hidden, batch), new(steps + 1, hidden, batch), \
-            new(steps, hidden, batch), new(steps, 4 * hidden, batch)
-        hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts = new(steps + 1, hyper, batch), \
-            new(steps + 1, hyper, batch), new(steps, hyper, batch), new(steps, 4 * hyper, batch)
-        zs, d, h_projs = new(steps, n_emb * n_z, batch), new(n_emb, hidden, batch), []
-        cs[0], hyper_hs[0], hyper_cs[0] = c0.t(), hyper_h0.t(), hyper_c0.t()
-        gates, bias, z_bias = new(4 * hidden, batch), bias.unsqueeze(1), z_bias.unsqueeze(1)
+    def forward(ctx, x, h0, c0, hyper_h0, hyper_c0, weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h,
+                hyper_bias, weight_z, z_bias, weight_scale, masks):
+        steps, batch, n_x = x.shape
+        hidden, hyper, (n_emb, n_z) = h0.shape[1], hyper_h0.shape[1], weight_scale.shape[:2]
+        x_cols = x.reshape(steps * batch, n_x)
+        x_main = _mm(weight_x, x_cols.t()).view(4 * hidden, steps, batch)  # W_x x for all steps at once
+        x_hyper = _mm(hyper_weight_x[:, :n_x], x_cols.t()).add_(hyper_bias.unsqueeze(1)).view(4 * hyper, steps, batch)
+        hyper_from_h = hyper_weight_x[:, n_x:].contiguous()  # (4Ĥ, H): the hyper cell reads h_{t-1} too
+        masks = None if masks is None else masks.permute(2, 0, 1).contiguous()  # (H, T, B)
+        new = x.new_empty
+        hs, cs, tanh_c, acts = (new(hidden, steps + 1, batch), new(hidden, steps + 1, batch),
+                                new(hidden, steps, batch), new(4 * hidden, steps, batch))
+        hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts = (new(hyper, steps + 1, batch), new(hyper, steps + 1, batch),
+                                                        new(hyper, steps, batch), new(4 * hyper, steps, batch))
+        zs, d, gates, h_projs = new(n_emb * n_z, steps, batch), new(n_emb, hidden, batch), new(4 * hidden, batch), []
+        for buffer, initial in ((hs, h0), (cs, c0), (hyper_hs, hyper_h0), (hyper_cs, hyper_c0)):
+            buffer[:, 0] = initial.t()
+        bias, z_bias = bias.unsqueeze(1), z_bias.unsqueeze(1)
         scale_t = weight_scale.transpose(1, 2).contiguous()  # (12, H, N_z)
-        hyper_from_h = hyper_from_h.contiguous()
-        h = h0.t()
         for t in range(steps):
-            pre = _mm(hyper_from_h, h).add_(x_hyper[t]).addmm_(hyper_weight_h, hyper_hs[t])  # (4Ĥ, B)
-            _cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_hs[t + 1])
-            torch.addmm(z_bias, weight_z, hyper_hs[t + 1], out=zs[t])                   # (12 N_z, B)
-            torch.bmm(scale_t, zs[t].view(n_emb, n_z, batch), out=d)  # (12, H, B); recomputed in backward
+            h = hs[:, t]
+            pre = _mm(hyper_from_h, h).add_(x_hyper[:, t]).addmm_(hyper_weight_h, hyper_hs[:, t])  # (4Ĥ, B)
+            _cell_forward(pre, hyper_cs[:, t], None, hyper_acts[:, t], hyper_cs[:, t + 1], hyper_tanh_c[:, t],
+                          hyper_hs[:, t + 1])
+            zs[:, t] = torch.addmm(z_bias, weight_z, hyper_hs[:, t + 1])                 # (12 N_z, B)
+            torch.bmm(scale_t, zs[:, t].view(n_emb, n_z, batch), out=d)  # (12, H, B); recomputed in backward
             h_projs.append(_mm(weight_h, h))                                            # (4H, B)
             d_x, d_h, d_b = d.view(3, 4 * hidden, batch)
-            torch.mul(h_projs[t], d_h, out=gates).addcmul_(x_main[t], d_x).add_(d_b).add_(bias)
-            mask = None if masks is None else masks[t]
-            _cell_forward(gates, cs[t], mask, acts[t], cs[t + 1], tanh_c[t], outputs[t])
-            h = outputs[t]
-        ctx.save_for_backward(x_main, h0, weight_h, hyper_from_h, hyper_weight_h, weight_z, weight_scale, masks,
-                              outputs, cs, tanh_c, acts, hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts, zs)
+            torch.mul(h_projs[t], d_h, out=gates).addcmul_(x_main[:, t], d_x).add_(d_b).add_(bias)
+            mask = None if masks is None else masks[:, t]
+            _cell_forward(gates, cs[:, t], mask, acts[:, t], cs[:, t + 1], tanh_c[:, t], hs[:, t + 1])
+        ctx.save_for_backward(x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
+                              x_main, hs, cs, tanh_c, acts, hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts, zs)
         ctx.h_projs = h_projs  # a list: stacking would only copy
-        finals = (outputs[-1], cs[-1], hyper_hs[-1], hyper_cs[-1])
-        return (_feature_major(outputs), *(s.t().contiguous() for s in finals))
+        finals = (hs[:, -1], cs[:, -1], hyper_hs[:, -1], hyper_cs[:, -1])
+        return (_time_major(hs[:, 1:]), *(s.t().contiguous() for s in finals))
 
     @staticmethod
     def backward(ctx, d_outputs, dh, dc, d_hyper_h, d_hyper_c):
-        (x_main, h0, weight_h, hyper_from_h, hyper_weight_h, weight_z, weight_scale, masks, outputs, cs, tanh_c,
-         acts, hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts, zs) = ctx.saved_tensors
-        h_projs = ctx.h_projs
-        steps, hidden, batch = outputs.shape
-        n_emb, n_z = weight_scale.shape[:2]
-        start = lambda grad, like: torch.zeros_like(like) if grad is None else _feature_major(grad)
-        dh, dc = start(dh, cs[0]), start(dc, cs[0])
-        d_hyper_h, d_hyper_c = start(d_hyper_h, hyper_hs[0]), start(d_hyper_c, hyper_hs[0])
-        d_outputs = None if d_outputs is None else _feature_major(d_outputs)
+        (x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
+         x_main, hs, cs, tanh_c, acts, hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts, zs) = ctx.saved_tensors
+        steps, batch, n_x = x.shape
+        hidden, (n_emb, n_z) = hs.shape[0], weight_scale.shape[:2]
+        start = lambda grad, like: torch.zeros_like(like) if grad is None else grad.t().contiguous()
+        dh, dc = start(dh, cs[:, 0]), start(dc, cs[:, 0])
+        d_hyper_h, d_hyper_c = start(d_hyper_h, hyper_hs[:, 0]), start(d_hyper_c, hyper_hs[:, 0])
+        d_outputs = None if d_outputs is None else d_outputs.permute(2, 0, 1).contiguous()  # (H, T, B)
         d_gates, d_h_projs, d_x_main = torch.empty_like(acts), torch.empty_like(acts), torch.empty_like(acts)
-        d_x_hyper, d_zs = torch.empty_like(hyper_acts), torch.empty_like(zs)
-        d_scale = torch.zeros_like(weight_scale)
-        weight_h_t, hyper_from_h_t = weight_h.t().contiguous(), hyper_from_h.t().contiguous()
+        d_x_hyper, d_zs, d_scale = torch.empty_like(hyper_acts), torch.empty_like(zs), torch.zeros_like(weight_scale)
         scale_t = weight_scale.transpose(1, 2).contiguous()  # (12, H, N_z)
+        weight_h_t, hyper_from_h_t = weight_h.t().contiguous(), hyper_weight_x[:, n_x:].t().contiguous()
         d, dd = zs.new_empty(n_emb, hidden, batch), zs.new_empty(n_emb, hidden, batch)
         dd_x, dd_h, dd_b = dd.view(3, 4 * hidden, batch)
         for t in reversed(range(steps)):
             if d_outputs is not None:
-                dh = dh + d_outputs[t]
-            mask = None if masks is None else masks[t]
-            dc = _cell_backward(acts[t], tanh_c[t], cs[t], dh, dc, mask, d_gates[t])
-            d_gate = d_gates[t]
-            torch.bmm(scale_t, zs[t].view(n_emb, n_z, batch), out=d)  # (12, H, B), as in forward
+                dh = dh + d_outputs[:, t]
+            mask = None if masks is None else masks[:, t]
+            dc = _cell_backward(acts[:, t], tanh_c[:, t], cs[:, t], dh, dc, mask, d_gates[:, t])
+            d_gate, z = d_gates[:, t], zs[:, t].view(n_emb, n_z, batch)
+            torch.bmm(scale_t, z, out=d)  # (12, H, B), as in forward
             d_x, d_h, _ = d.view(3, 4 * hidden, batch)
-            torch.mul(d_gate, x_main[t], out=dd_x)
-            torch.mul(d_gate, h_projs[t], out=dd_h)
+            torch.mul(d_gate, x_main[:, t], out=dd_x)
+            torch.mul(d_gate, ctx.h_projs[t], out=dd_h)
             dd_b.copy_(d_gate)
-            torch.mul(d_gate, d_x, out=d_x_main[t])
-            torch.mul(d_gate, d_h, out=d_h_projs[t])
-            d_scale.baddbmm_(zs[t].view(n_emb, n_z, batch), dd.transpose(1, 2))  # (12, N_z, H)
-            torch.bmm(weight_scale, dd, out=d_zs[t].view(n_emb, n_z, batch))    # (12, N_z, B)
-            d_hyper_h = torch.addmm(d_hyper_h, weight_z.t(), d_zs[t])
-            d_hyper_c = _cell_backward(hyper_acts[t], hyper_tanh_c[t], hyper_cs[t], d_hyper_h, d_hyper_c, None,
-                                       d_x_hyper[t])
-            dh = _mm(weight_h_t, d_h_projs[t]).addmm_(hyper_from_h_t, d_x_hyper[t])  # to h_{t-1}
-            d_hyper_h = torch.mm(hyper_weight_h.t(), d_x_hyper[t])
-        # weight gradients: one product over all T·B columns each
-        h_prev = _columns(torch.cat([h0.t().unsqueeze(0), outputs[:-1]]))  # (H, T·B)
-        d_h_projs, d_x_hyper_cols, d_zs_cols = _columns(d_h_projs), _columns(d_x_hyper), _columns(d_zs)
-        return (d_x_main.transpose(1, 2), d_x_hyper.transpose(1, 2), dh.t(), dc.t(), d_hyper_h.t(), d_hyper_c.t(),
-                _mm(d_h_projs, h_prev.t()), d_gates.sum((0, 2)), _mm(d_x_hyper_cols, h_prev.t()),
-                _mm(d_x_hyper_cols, _columns(hyper_hs[:-1]).t()), _mm(d_zs_cols, _columns(hyper_hs[1:]).t()),
-                d_zs_cols.sum(1), d_scale, None)
+            torch.mul(d_gate, d_x, out=d_x_main[:, t])
+            torch.mul(d_gate, d_h, out=d_h_projs[:, t])
+            d_scale.baddbmm_(z, dd.transpose(1, 2))                      # (12, N_z, H)
+            d_zs[:, t] = torch.bmm(weight_scale, dd).view(n_emb * n_z, batch)
+            d_hyper_h = torch.addmm(d_hyper_h, weight_z.t(), d_zs[:, t])
+            d_hyper_c = _cell_backward(hyper_acts[:, t], hyper_tanh_c[:, t], hyper_cs[:, t], d_hyper_h, d_hyper_c,
+                                       None, d_x_hyper[:, t])
+            dh = _mm(weight_h_t, d_h_projs[:, t]).addmm_(hyper_from_h_t, d_x_hyper[:, t])  # to h_{t-1}
+            d_hyper_h = torch.mm(hyper_weight_h.t(), d_x_hyper[:, t])
+        return (*_input_gradients(x, weight_x, hyper_weight_x, d_x_main, d_x_hyper), dh.t(), dc.t(),
+                d_hyper_h.t(), d_hyper_c.t(), *_weight_gradients(x, hs, hyper_hs, d_x_main, d_h_projs, d_gates,
+                                                                 d_x_hyper, d_zs), d_scale, None)
+
+
+def _input_gradients(x, weight_x, hyper_weight_x, d_x_main, d_x_hyper):
+    """dL/dx (T, B, N_x): through W_x and through the hyper cell's x part, one product each."""
+    n_x = x.shape[-1]
+    d_x = torch.mm(_columns(d_x_main).t(), weight_x).addmm_(_columns(d_x_hyper).t(), hyper_weight_x[:, :n_x])
+    return (d_x.view(x.shape),)
+
+
+def _weight_gradients(x, hs, hyper_hs, d_x_main, d_h_projs, d_gates, d_x_hyper, d_zs):
+    """Every weight gradient as one product over all T·B columns (the buffers' (F, T·B) views)."""
+    steps = d_gates.shape[1]
+    x_cols = x.reshape(-1, x.shape[-1])                          # (T·B, N_x)
+    h_prev = _columns(hs[:, :steps])                             # (H, T·B): h_{t-1} of every step
+    hyper_prev, hyper_now = _columns(hyper_hs[:, :steps]), _columns(hyper_hs[:, 1:])
+    d_hyper = _columns(d_x_hyper)
+    d_hyper_weight_x = torch.cat([_mm(d_hyper, x_cols), _mm(d_hyper, h_prev.t())], dim=1)
+    return (_mm(_columns(d_x_main), x_cols), _mm(_columns(d_h_projs), h_prev.t()), d_gates.sum((1, 2)),
+            d_hyper_weight_x, _mm(d_hyper, hyper_prev.t()), d_hyper.sum(1),
+            _mm(_columns(d_zs), hyper_now.t()), _columns(d_zs).sum(1))
