@@ -188,18 +188,41 @@ def _history(client, run) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/bpc")}
 
 
-def test_failing_trial_is_marked_failed_retried_and_the_search_finishes(tmp_path):
-    space = write_space(tmp_path, fixed__optim__lr=1.0e+20, trials=1, retries=1, budget=None)
-    out = hyperlab(tmp_path, *search_args(tmp_path, space, "diverges"))
-    assert out.returncode == 1, out.stdout + out.stderr  # finished, with no completed trial
-    client, parents, trials = runs_of(tmp_path, "diverges")
+def test_stopped_failed_and_complete_trials_each_go_where_they_belong(tmp_path):
+    """One search, three fates: trained to the end, stopped early by ASHA, diverged (retried, then failed)."""
+    space = write_space(tmp_path, trials=4, concurrency=2, budget=None, retries=1,
+                        fixed__schedule__steps=30, fixed__schedule__eval_every=10,
+                        fixed__model={"cell": "hyperlstm", "hidden_size": 16, "hyper_size": 8, "n_z": 2},
+                        early_stopping={"metric": "val/bpc", "grace_period": 1, "reduction_factor": 2},
+                        space={"optim.lr": {"type": "choice", "values": [0.03, 1.0e-7, 1.0e+20]}},
+                        sampler={"name": "random", "seed": 10})  # lr: 0.03, 0.03, 1e-7, 1e20
+    out = hyperlab(tmp_path, *search_args(tmp_path, space, "fates"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    client, parents, trials = runs_of(tmp_path, "fates")
     assert parents[0].info.status == "FINISHED"
-    assert len(trials) == 1
-    run = trials[0]
-    assert run.info.status == "FAILED"
-    assert run.data.tags[layout.TAG_FIDELITY] == layout.FAILED
-    assert run.data.tags[layout.TAG_OUTCOME] == "diverged"
-    assert run.data.tags["hyperlab.retries"] == "1"
-    error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))).read_text()
+    by_lr = {}
+    for run in trials:
+        by_lr.setdefault(run.data.params["optim.lr"], []).append(run)
+    assert sorted((lr, len(runs)) for lr, runs in by_lr.items()) == [("0.03", 2), ("1e+20", 1), ("1e-07", 1)]
+
+    for run in by_lr["0.03"]:
+        assert run.info.status == "FINISHED" and run.data.tags[layout.TAG_FIDELITY] == layout.COMPLETE
+        assert sorted(_history(client, run)) == [10, 20, 30]
+    [stopped] = by_lr["1e-07"]  # hopeless, stopped by ASHA at the first rung
+    assert stopped.info.status == "KILLED" and stopped.data.tags[layout.TAG_FIDELITY] == layout.PARTIAL
+    assert sorted(_history(client, stopped)) == [10]
+    [failed] = by_lr["1e+20"]  # diverges to NaN at the first evaluation, on both tries
+    assert failed.info.status == "FAILED" and failed.data.tags[layout.TAG_FIDELITY] == layout.FAILED
+    assert failed.data.tags[layout.TAG_OUTCOME] == "diverged"
+    assert failed.data.tags["hyperlab.retries"] == "1"
+    error = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))).read_text()
     assert "TrainingDiverged" in error
-    assert [t.state.name for t in optuna_study(tmp_path, "diverges").trials] == ["FAIL"]
+
+    state_of = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r.data.params["optim.lr"] for r in trials}
+    study = optuna_study(tmp_path, "fates")
+    assert sorted((state_of[t.number], t.state.name) for t in study.trials) == [
+        ("0.03", "COMPLETE"), ("0.03", "COMPLETE"), ("1e+20", "FAIL"), ("1e-07", "PRUNED")]
+    df = load_search("fates", uri(tmp_path))
+    front = df[pareto_front(df, {"model/n_params": "min", "val/bpc": "min"}) == 1]
+    assert set(front["run_id"]) <= {r.info.run_id for r in by_lr["0.03"]}
+    assert (tmp_path / "ray" / "fates" / "asha_state.pkl").is_file()  # the rungs survive a driver crash

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray import tune
+
+import logging
 
 from hyperlab.search.searcher import COMPLETE_KEY, N_PARAMS_KEY, OPTUNA_TRIAL_KEY
 from hyperlab.search.trainable import trial_overrides
 from hyperlab.tracking import layout
 from hyperlab.tracking.writer import SearchWriter
 
+log = logging.getLogger(__name__)
 _METRIC_PREFIXES = ("model/", "train/", "val/", "test/", "time/", "throughput")
 
 
@@ -19,9 +24,9 @@ class MlflowSearchCallback(tune.Callback):
     Tune pickles its callbacks with the experiment; this one holds only plain settings and opens the
     MLflow client in ``setup``, so a restored search reattaches to the same runs."""
 
-    def __init__(self, tracking_uri: str, name: str, objectives: dict[str, str],
-                 tags: dict[str, str], artifacts: dict[str, str]):
-        self._settings = (tracking_uri, name, objectives, tags, artifacts)
+    def __init__(self, tracking_uri: str, name: str, objectives: dict[str, str], tags: dict[str, str],
+                 params: dict[str, object], artifacts: dict[str, str], reference_bounds: dict | None = None):
+        self._settings = (tracking_uri, name, objectives, tags, params, artifacts, reference_bounds)
         self.writer: SearchWriter | None = None
         self._reporter = None
 
@@ -31,10 +36,10 @@ class MlflowSearchCallback(tune.Callback):
     def setup(self, **info):
         from hyperlab.search.report import SearchReporter
 
-        tracking_uri, name, objectives, tags, artifacts = self._settings
+        tracking_uri, name, objectives, tags, params, artifacts, reference_bounds = self._settings
         self.writer = SearchWriter(tracking_uri, name, objectives)
-        self.writer.start(tags, artifacts)
-        self._reporter = SearchReporter(self.writer, objectives)
+        self.writer.start(tags, params, artifacts)
+        self._reporter = SearchReporter(self.writer, objectives, reference_bounds)
 
     def on_experiment_end(self, trials, **info):
         self.writer.close_orphans({trial.trial_id for trial in trials})
@@ -73,13 +78,19 @@ class MlflowSearchCallback(tune.Callback):
         self._trial_ended()
 
     def _trial_ended(self):
-        self._reporter.update()
+        try:
+            self._reporter.update()
+        except Exception:  # a figure that fails to draw must not end the search; the runs are safe
+            log.exception("could not update the search's front and figures")
 
 
 def _error_text(trial) -> str:
+    """The trial's error file (Tune writes it on the driver's disk first, then syncs it to storage)."""
     try:
+        if trial.error_file and Path(trial.error_file).is_file():
+            return Path(trial.error_file).read_text()
         text = trial.get_error()
-    except Exception:  # the error file may live on storage that is gone; the reason still matters
+    except Exception:  # storage may be gone; the run still gets a reason
         text = None
     return str(text or f"trial {trial.trial_id} failed ({trial.num_failures} failures)")
 

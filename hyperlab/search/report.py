@@ -16,9 +16,10 @@ TAG_REFERENCE = "hyperlab.reference"  # the hypervolume's reference point, fixed
 
 
 class SearchReporter:
-    def __init__(self, writer: SearchWriter, objectives: dict[str, str]):
+    def __init__(self, writer: SearchWriter, objectives: dict[str, str], bounds: dict[str, float] | None = None):
         self.writer = writer
         self.objectives = objectives
+        self.bounds = bounds  # known worst values (the parameter budget) for the reference point
         self._logged_complete = -1
 
     def update(self) -> None:
@@ -31,7 +32,7 @@ class SearchReporter:
             return
         reference = self._reference()
         if reference is None:
-            reference = search_reference(self.objectives, df)
+            reference = search_reference(self.objectives, df, bounds=self.bounds)
             self.writer.client.set_tag(self.writer.parent_id, TAG_REFERENCE, json.dumps(reference))
         with tempfile.TemporaryDirectory(prefix="hyperlab-report-") as tmp:
             result = write_search_report(df, self.objectives, Path(tmp), reference=reference)

@@ -14,6 +14,7 @@ import optuna
 import pyarrow.fs
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from hyperlab import __version__
 from hyperlab.errors import UserError
@@ -106,10 +107,15 @@ def run_search(run: SearchRun, resume: bool = False, progress: bool = True):
         tuner = tune.Tuner.restore(experiment_path(run.storage, run.name), trainable,
                                    resume_unfinished=True, resume_errored=True)
     else:
-        callbacks = [MlflowSearchCallback(run.tracking_uri, run.name, run.space.objectives, tags={
-            layout.TAG_CODE_VERSION: code_version(), "hyperlab.space_hash": run.space.space_hash(),
-            "hyperlab.storage": experiment_path(run.storage, run.name)}, artifacts={
-            layout.SEARCH_SPACE_ARTIFACT: run.space_text, "search_space.resolved.yaml": dump(run.space)})]
+        callbacks = [JsonLoggerCallback(), MlflowSearchCallback(
+            run.tracking_uri, run.name, run.space.objectives,
+            tags={layout.TAG_CODE_VERSION: code_version(), "hyperlab.space_hash": run.space.space_hash(),
+                  "hyperlab.storage": experiment_path(run.storage, run.name),
+                  "data.dataset": run.base_config.data.dataset},
+            params={k: v for k, v in run.base_config.flat().items() if k not in run.space.space},
+            artifacts={layout.SEARCH_SPACE_ARTIFACT: run.space_text, "search_space.resolved.yaml": dump(run.space)},
+            reference_bounds={"model/n_params": run.space.budget.max_params}
+            if run.space.budget and "model/n_params" in run.space.objectives else None)]
         if progress:
             callbacks.append(ProgressCallback(run.space.trials, run.name))
         tuner = tune.Tuner(trainable, tune_config=_tune_config(run), run_config=_run_config(run, callbacks))
@@ -140,7 +146,7 @@ def _tune_config(run: SearchRun) -> tune.TuneConfig:
         scheduler = PersistentASHA(rule, mode=rule.metric and _direction(rule.metric),
                                    max_evaluations=evaluations, state_path=state_path)
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.trials,
-                           max_concurrent_trials=space.concurrency)
+                           max_concurrent_trials=space.concurrency, reuse_actors=True)
 
 
 def _direction(metric: str) -> str:

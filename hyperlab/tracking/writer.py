@@ -32,8 +32,9 @@ class SearchWriter:
         self._runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
 
     # ---- the search -------------------------------------------------------------------------------
-    def start(self, tags: dict[str, str], artifacts: dict[str, str]) -> str:
-        """Create the parent run, or reopen it when the search is resumed. ``artifacts``: name -> text."""
+    def start(self, tags: dict[str, str], params: dict[str, Any], artifacts: dict[str, str]) -> str:
+        """Create the parent run, or reopen it when the search is resumed. ``params``: the search's
+        fixed settings; ``artifacts``: file name -> text."""
         existing = self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_SEARCH}'")
         if existing:
             self.parent_id = existing[0].info.run_id
@@ -44,6 +45,7 @@ class SearchWriter:
             **tags, layout.TAG_SEARCH: self.name, layout.TAG_ROLE: layout.ROLE_SEARCH,
             layout.TAG_OBJECTIVES: json.dumps(self.objectives)})
         self.parent_id = run.info.run_id
+        self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in params.items()])
         for artifact_name, text in artifacts.items():
             self.client.log_text(self.parent_id, text, artifact_name)
         return self.parent_id
