@@ -189,7 +189,7 @@ def test_fused_sequence_equals_eager_reference(dtype):
         loss = (out * weights).sum() + sum((k + 2) * s.sum() for k, s in enumerate(final))
         grads = torch.autograd.grad(loss, [x, *state, *model.parameters()])
         results.append((out, final, grads))
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     (out_f, final_f, grads_f), (out_e, final_e, grads_e) = results
     torch.testing.assert_close(out_f, out_e, **tol)
     for a, b in zip(final_f, final_e):

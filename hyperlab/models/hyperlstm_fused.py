@@ -12,60 +12,9 @@ cell's tanh; hs, cs, hyper_hs, hyper_cs (N, T+1, B) start with the initial state
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-
-@functools.cache
-def _has_onednn_matmul() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """``t`` if its rows or columns are contiguous, else a contiguous copy (oneDNN is slow on padded strides)."""
-    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
-
-
-def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b. float32 on the CPU goes through oneDNN's matmul: for these skinny products (B columns)
-    it is about 1.2x (forward) to 1.9x (transposed weight) faster than torch.mm's sgemm."""
-    if a.dtype == torch.float32 and a.device.type == "cpu" and _has_onednn_matmul():
-        return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b).t(), None, "none", [], "")
-    return torch.mm(a, b)
-
-
-def _cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
-    """LSTM update from pre-activations ``pre`` (4N, B) (modified in place), writing into the buffers."""
-    n = c_prev.shape[0]
-    pre[2 * n:3 * n] += 1.0  # forget bias +1
-    torch.sigmoid(pre, out=act)
-    torch.tanh(pre[n:2 * n], out=act[n:2 * n])
-    i, g, f, o = act.chunk(4, 0)
-    candidate = g if mask is None else g * mask
-    torch.addcmul(f * c_prev, i, candidate, out=c_out)
-    torch.tanh(c_out, out=tanh_c_out)
-    torch.mul(o, tanh_c_out, out=h_out)
-
-
-def _cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
-    """Backward of ``_cell_forward``: writes the pre-activation gradient into ``d_pre`` (4N, B); returns dc_prev."""
-    n = c_prev.shape[0]
-    i, g, f, o = act.chunk(4, 0)
-    d_i, d_g, d_f, d_o = d_pre.chunk(4, 0)
-    torch.mul(dh, tanh_c, out=d_o)
-    dc_total = dh * o
-    dc_total.mul_(1.0 - tanh_c * tanh_c).add_(dc)
-    torch.mul(dc_total, g if mask is None else g * mask, out=d_i)
-    torch.mul(dc_total, i, out=d_g)
-    if mask is not None:
-        d_g.mul_(mask)
-    torch.mul(dc_total, c_prev, out=d_f)
-    square = act * act
-    derivative = act - square                                   # σ' = a(1 - a)
-    torch.sub(1.0, square[n:2 * n], out=derivative[n:2 * n])    # tanh' = 1 - a²
-    d_pre.mul_(derivative)
-    return dc_total * f
+from hyperlab.models.fused_cell import cell_backward, cell_forward, mm
 
 
 def _columns(buffer: torch.Tensor) -> torch.Tensor:
@@ -83,7 +32,8 @@ class HyperLSTMSequence(torch.autograd.Function):
     hyper_bias, weight_z, z_bias, weight_scale, masks) -> (outputs (T, B, H), h_T, c_T, hyper_h_T, hyper_c_T).
 
     x (T, B, N_x); states (B, ·); weights as in ``HyperLSTMCell`` (hyper_weight_x (4Ĥ, N_x + H) reads
-    [x ; h]; z_bias (12 N_z) with zeros for z_b); masks (T, B, H) or None.
+    [x ; h]; z_bias (12 N_z) with zeros for z_b); masks (T, B, H) or None. No layer norm: with it this
+    path measured no faster than the eager loop (its reductions run across the feature dimension here).
     """
 
     @staticmethod
@@ -92,8 +42,8 @@ class HyperLSTMSequence(torch.autograd.Function):
         steps, batch, n_x = x.shape
         hidden, hyper, (n_emb, n_z) = h0.shape[1], hyper_h0.shape[1], weight_scale.shape[:2]
         x_cols = x.reshape(steps * batch, n_x)
-        x_main = _mm(weight_x, x_cols.t()).view(4 * hidden, steps, batch)  # W_x x for all steps at once
-        x_hyper = _mm(hyper_weight_x[:, :n_x], x_cols.t()).add_(hyper_bias.unsqueeze(1)).view(4 * hyper, steps, batch)
+        x_main = mm(weight_x, x_cols.t()).view(4 * hidden, steps, batch)  # W_x x for all steps at once
+        x_hyper = mm(hyper_weight_x[:, :n_x], x_cols.t()).add_(hyper_bias.unsqueeze(1)).view(4 * hyper, steps, batch)
         hyper_from_h = hyper_weight_x[:, n_x:].contiguous()  # (4Ĥ, H): the hyper cell reads h_{t-1} too
         masks = None if masks is None else masks.permute(2, 0, 1).contiguous()  # (H, T, B)
         new = x.new_empty
@@ -108,16 +58,16 @@ class HyperLSTMSequence(torch.autograd.Function):
         scale_t = weight_scale.transpose(1, 2).contiguous()  # (12, H, N_z)
         for t in range(steps):
             h = hs[:, t]
-            pre = _mm(hyper_from_h, h).add_(x_hyper[:, t]).addmm_(hyper_weight_h, hyper_hs[:, t])  # (4Ĥ, B)
-            _cell_forward(pre, hyper_cs[:, t], None, hyper_acts[:, t], hyper_cs[:, t + 1], hyper_tanh_c[:, t],
+            pre = mm(hyper_from_h, h).add_(x_hyper[:, t]).addmm_(hyper_weight_h, hyper_hs[:, t])  # (4Ĥ, B)
+            cell_forward(pre, hyper_cs[:, t], None, hyper_acts[:, t], hyper_cs[:, t + 1], hyper_tanh_c[:, t],
                           hyper_hs[:, t + 1])
             zs[:, t] = torch.addmm(z_bias, weight_z, hyper_hs[:, t + 1])                 # (12 N_z, B)
             torch.bmm(scale_t, zs[:, t].view(n_emb, n_z, batch), out=d)  # (12, H, B); recomputed in backward
-            h_projs.append(_mm(weight_h, h))                                            # (4H, B)
+            h_projs.append(mm(weight_h, h))                                            # (4H, B)
             d_x, d_h, d_b = d.view(3, 4 * hidden, batch)
             torch.mul(h_projs[t], d_h, out=gates).addcmul_(x_main[:, t], d_x).add_(d_b).add_(bias)
             mask = None if masks is None else masks[:, t]
-            _cell_forward(gates, cs[:, t], mask, acts[:, t], cs[:, t + 1], tanh_c[:, t], hs[:, t + 1])
+            cell_forward(gates, cs[:, t], mask, acts[:, t], cs[:, t + 1], tanh_c[:, t], hs[:, t + 1])
         ctx.save_for_backward(x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
                               x_main, hs, cs, tanh_c, acts, hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts, zs)
         ctx.h_projs = h_projs  # a list: stacking would only copy
@@ -144,7 +94,7 @@ class HyperLSTMSequence(torch.autograd.Function):
             if d_outputs is not None:
                 dh = dh + d_outputs[:, t]
             mask = None if masks is None else masks[:, t]
-            dc = _cell_backward(acts[:, t], tanh_c[:, t], cs[:, t], dh, dc, mask, d_gates[:, t])
+            dc = cell_backward(acts[:, t], tanh_c[:, t], cs[:, t], dh, dc, mask, d_gates[:, t])
             d_gate, z = d_gates[:, t], zs[:, t].view(n_emb, n_z, batch)
             torch.bmm(scale_t, z, out=d)  # (12, H, B), as in forward
             d_x, d_h, _ = d.view(3, 4 * hidden, batch)
@@ -156,9 +106,9 @@ class HyperLSTMSequence(torch.autograd.Function):
             d_scale.baddbmm_(z, dd.transpose(1, 2))                      # (12, N_z, H)
             d_zs[:, t] = torch.bmm(weight_scale, dd).view(n_emb * n_z, batch)
             d_hyper_h = torch.addmm(d_hyper_h, weight_z.t(), d_zs[:, t])
-            d_hyper_c = _cell_backward(hyper_acts[:, t], hyper_tanh_c[:, t], hyper_cs[:, t], d_hyper_h, d_hyper_c,
+            d_hyper_c = cell_backward(hyper_acts[:, t], hyper_tanh_c[:, t], hyper_cs[:, t], d_hyper_h, d_hyper_c,
                                        None, d_x_hyper[:, t])
-            dh = _mm(weight_h_t, d_h_projs[:, t]).addmm_(hyper_from_h_t, d_x_hyper[:, t])  # to h_{t-1}
+            dh = mm(weight_h_t, d_h_projs[:, t]).addmm_(hyper_from_h_t, d_x_hyper[:, t])  # to h_{t-1}
             d_hyper_h = torch.mm(hyper_weight_h.t(), d_x_hyper[:, t])
         return (*_input_gradients(x, weight_x, hyper_weight_x, d_x_main, d_x_hyper), dh.t(), dc.t(),
                 d_hyper_h.t(), d_hyper_c.t(), *_weight_gradients(x, hs, hyper_hs, d_x_main, d_h_projs, d_gates,
@@ -179,7 +129,7 @@ def _weight_gradients(x, hs, hyper_hs, d_x_main, d_h_projs, d_gates, d_x_hyper, 
     h_prev = _columns(hs[:, :steps])                             # (H, T·B): h_{t-1} of every step
     hyper_prev, hyper_now = _columns(hyper_hs[:, :steps]), _columns(hyper_hs[:, 1:])
     d_hyper = _columns(d_x_hyper)
-    d_hyper_weight_x = torch.cat([_mm(d_hyper, x_cols), _mm(d_hyper, h_prev.t())], dim=1)
-    return (_mm(_columns(d_x_main), x_cols), _mm(_columns(d_h_projs), h_prev.t()), d_gates.sum((1, 2)),
-            d_hyper_weight_x, _mm(d_hyper, hyper_prev.t()), d_hyper.sum(1),
-            _mm(_columns(d_zs), hyper_now.t()), _columns(d_zs).sum(1))
+    d_hyper_weight_x = torch.cat([mm(d_hyper, x_cols), mm(d_hyper, h_prev.t())], dim=1)
+    return (mm(_columns(d_x_main), x_cols), mm(_columns(d_h_projs), h_prev.t()), d_gates.sum((1, 2)),
+            d_hyper_weight_x, mm(d_hyper, hyper_prev.t()), d_hyper.sum(1),
+            mm(_columns(d_zs), hyper_now.t()), _columns(d_zs).sum(1))
