@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from hyperlab.models import HyperLSTM, HyperLSTMCell, LayerNormLSTM, LSTM, paper_torch_lstm
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation, and stall when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def hyper_count(n_x, n_h, n_hh, n_z, layer_norm):
     """PAPER.md section 1, one layer."""
     p = 4 * n_h * (n_x + n_h + 1) + 4 * n_hh * (n_x + n_h + n_hh + 1) + 12 * n_z * (n_hh + n_h) + 8 * n_z

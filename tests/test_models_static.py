@@ -6,6 +6,15 @@ import torch
 from hyperlab.models import GeneratedConv2d, KernelGenerator, MnistConvNet, WideResNet, parameter_report
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation, and stall when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def generator_count(n_z, f, tile=16):
     """PAPER.md section 2: d(N_z + 1)·N_in + f·N_out·f·(d + 1), d = N_z."""
     return n_z * (n_z + 1) * tile + f * tile * f * (n_z + 1)

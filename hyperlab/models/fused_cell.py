@@ -34,13 +34,20 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
     act the activations (σ(i), tanh(g), σ(f+1), σ(o)), c_out, tanh_c_out = tanh(c), h_out."""
     n = c_prev.shape[0]
     pre[2 * n:3 * n] += 1.0  # forget bias +1
+    pre[n:2 * n] *= 2.0      # tanh(g) = 2σ(2g) - 1: one sigmoid for all four gates
     torch.sigmoid(pre, out=act)
-    torch.tanh(pre[n:2 * n], out=act[n:2 * n])
+    act[n:2 * n].mul_(2.0).sub_(1.0)
     i, g, f, o = act.chunk(4, 0)
     candidate = g if mask is None else g * mask
     torch.addcmul(f * c_prev, i, candidate, out=c_out)
-    torch.tanh(c_out, out=tanh_c_out)
+    _tanh(c_out, out=tanh_c_out)
     torch.mul(o, tanh_c_out, out=h_out)
+
+
+def _tanh(x, out):
+    """tanh as 2σ(2x) - 1: torch's CPU sigmoid is several times faster than its tanh."""
+    torch.sigmoid(torch.mul(x, 2.0, out=out), out=out)
+    return out.mul_(2.0).sub_(1.0)
 
 
 def cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
