@@ -85,6 +85,10 @@ class HyperLSTMCell(nn.Module):
                 self.hyper.bias, self.weight_z, z_bias, self.weight_scale,
                 masks if isinstance(masks, torch.Tensor) else None)
             return outputs, tuple(final), None
+        return self._eager(x, state, z_bias, masks, return_scales)
+
+    def _eager(self, x, state, z_bias, masks, return_scales):
+        """The readable reference: one step at a time, autograd through every operation."""
         n_x = self.input_size
         x_main = F.linear(x, self.weight_x)  # (T, B, 4H): W_x x_t for every step in one product
         x_hyper = F.linear(x, self.hyper.weight_x[:, :n_x], self.hyper.bias)  # (T, B, 4Ĥ)
