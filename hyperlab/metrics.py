@@ -31,6 +31,14 @@ OBJECTIVE_METRICS = (
 """Metrics a search may optimise."""
 
 
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "charlm": ("model/n_params", "model/compression_ratio", "val/bpc", "test/bpc"),
+    "classify": ("model/n_params", "model/compression_ratio", "val/acc", "val/loss", "test/acc", "test/loss"),
+}
+"""Objectives each task's training reports (``test/*`` only with ``schedule.test``;
+``model/compression_ratio`` only for models with a static hypernetwork)."""
+
+
 def direction(name: str) -> Direction:
     """The direction ('min' or 'max') of a known metric; KeyError names the unknown one."""
     try:

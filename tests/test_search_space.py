@@ -72,6 +72,10 @@ BAD = {
     "unknown early-stopping metric": (_with(lambda d: d.update(early_stopping={"metric": "val/ppl"})),
                                       "early_stopping.metric", "unknown metric"),
     "negative gpu": (_with(lambda d: d.update(resources={"gpu": -1})), "resources.gpu", "greater than or equal to 0"),
+    "objective the task does not report": (_with(lambda d: d["objectives"].update({"val/acc": "max"})),
+                                           "objectives", "val/acc is not reported by charlm training"),
+    "test objective without a test run": (_with(lambda d: d["objectives"].update({"test/bpc": "min"})),
+                                          "objectives", "test/bpc is not reported"),
     "not a mapping": ([1, 2, 3], "", "expected a mapping"),
 }
 

@@ -127,7 +127,8 @@ def run_search(run: SearchRun, resume: bool = False, progress: bool = True):
 
 
 def _trainable(run: SearchRun):
-    trainable = tune.with_parameters(train_trial, base_config=run.base_config, data_dir=run.data_dir)
+    trainable = tune.with_parameters(train_trial, base_config=run.base_config, data_dir=run.data_dir,
+                                     objectives=tuple(run.space.objectives))
     resources = run.space.resources
     return tune.with_resources(trainable, lambda config: resources.for_params(config.get(N_PARAMS_KEY, 0)))
 

@@ -226,6 +226,7 @@ def check_search_space(data: Any, path: str | Path) -> tuple[SearchSpace, Any]:
         base = validate(TrainConfig, {"task": space.task, **_nested_lows(space)}, path)
     except ConfigError as err:  # name the key as it is written in the search-space file
         raise ConfigError(str(path), [(_key_in_file(space, key), msg) for key, msg in err.problems]) from None
+    _check_objectives_reported(space, base, path)
     for key, param in space.space.items():  # every extreme of the space must make a valid config
         for value in _extremes(param):
             try:
@@ -233,6 +234,22 @@ def check_search_space(data: Any, path: str | Path) -> tuple[SearchSpace, Any]:
             except ConfigError as err:
                 raise ConfigError(str(path), [(f"space.{key}", msg) for _, msg in err.problems]) from None
     return space, base
+
+
+def _check_objectives_reported(space: SearchSpace, base, path) -> None:
+    """Every objective must be in every finished trial's report, or Optuna would drop the trial."""
+    reported = set(metrics.TASK_METRICS[space.task])
+    if not base.schedule.test:
+        reported -= {m for m in reported if m.startswith("test/")}
+    if "model/compression_ratio" in space.objectives:
+        from hyperlab.training import parameter_count
+
+        if parameter_count(base).get("compression_ratio") is None:
+            reported.discard("model/compression_ratio")
+    missing = [name for name in space.objectives if name not in reported]
+    if missing:
+        raise ConfigError(str(path), [("objectives", f"{name} is not reported by {space.task} training with "
+                                       f"these settings; reported: {sorted(reported)}") for name in missing])
 
 
 def _key_in_file(space: SearchSpace, key: str) -> str:

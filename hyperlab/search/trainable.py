@@ -21,7 +21,7 @@ def trial_overrides(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in (N_PARAMS_KEY, OPTUNA_TRIAL_KEY)}
 
 
-def train_trial(config: dict, *, base_config, data_dir: str | None = None) -> None:
+def train_trial(config: dict, *, base_config, objectives: tuple[str, ...], data_dir: str | None = None) -> None:
     """Train one configuration; every evaluation is reported to Tune with its checkpoint."""
     import torch
 
@@ -36,9 +36,12 @@ def train_trial(config: dict, *, base_config, data_dir: str | None = None) -> No
         metrics = dict(metrics)
         if metrics.get("outcome") == "diverged":
             return  # not a result: the trial fails below, with the reason
-        if metrics.pop("done", False):
-            metrics[COMPLETE_KEY] = 1
         metrics = {k: v for k, v in metrics.items() if _reportable(v)}
+        if metrics.pop("done", False):
+            missing = [name for name in objectives if name not in metrics]
+            if missing:  # Optuna would silently record the trial as pruned
+                raise RuntimeError(f"the final report lacks the objectives {missing}")
+            metrics[COMPLETE_KEY] = 1
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
 
     checkpoint = tune.get_checkpoint()
