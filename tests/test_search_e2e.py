@@ -177,6 +177,17 @@ def test_driver_killed_mid_search_resumes_without_duplicates(tmp_path):
             assert history[step] == pytest.approx(value, rel=1e-6)
 
 
+def _trial_worker_pid() -> int | None:
+    """The process running a Tune trial (Ray titles it ``ray::ImplicitFunc...``)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ImplicitFunc" in (proc / "cmdline").read_bytes():
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -226,3 +237,34 @@ def test_stopped_failed_and_complete_trials_each_go_where_they_belong(tmp_path):
     front = df[pareto_front(df, {"model/n_params": "min", "val/bpc": "min"}) == 1]
     assert set(front["run_id"]) <= {r.info.run_id for r in by_lr["0.03"]}
     assert (tmp_path / "ray" / "fates" / "asha_state.pkl").is_file()  # the rungs survive a driver crash
+
+
+def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
+    space = write_space(tmp_path, trials=1, retries=1, budget=None,
+                        fixed__schedule__steps=400, fixed__schedule__eval_every=20,
+                        fixed__model={"cell": "hyperlstm", "hidden_size": 16, "hyper_size": 8, "n_z": 2},
+                        space={"optim.lr": {"type": "choice", "values": [0.01]}})
+    init_store(uri(tmp_path))
+    driver = hyperlab(tmp_path, *search_args(tmp_path, space, "lost"), wait=False)
+    try:
+        deadline, victim = time.time() + 180, None
+        while time.time() < deadline and driver.poll() is None and victim is None:
+            time.sleep(0.5)
+            _, _, trials = runs_of(tmp_path, "lost")
+            if trials and len(_history(MlflowClient(uri(tmp_path)), trials[0])) >= 2:
+                victim = _trial_worker_pid()
+        assert victim is not None, (tmp_path / "driver.log").read_text()
+        os.kill(victim, signal.SIGKILL)  # the trial's worker process dies, as on a lost node
+        assert driver.wait(timeout=240) == 0, (tmp_path / "driver.log").read_text()
+    finally:
+        _kill_group(driver.pid)
+    client, _, [run] = runs_of(tmp_path, "lost")
+    assert run.info.status == "FINISHED" and run.data.tags["hyperlab.retries"] == "1"
+    history = client.get_metric_history(run.info.run_id, "val/bpc")
+    steps = [m.step for m in history]
+    assert sorted(set(steps)) == list(range(20, 401, 20))  # continued from its last checkpoint
+    assert len(steps) - len(set(steps)) <= 1  # at most the step after that checkpoint was logged twice
+    by_step = {}
+    for m in history:
+        by_step.setdefault(m.step, set()).add(round(m.value, 9))
+    assert all(len(values) == 1 for values in by_step.values())  # and the repeat equals the original
