@@ -35,6 +35,7 @@ def test_train_then_sample(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "quick_charlm"
+    assert run.data.tags["hyperlab.outcome"] == "completed"
     assert run.data.params["model.cell"] == "ln_hyperlstm" and run.data.params["schedule.steps"] == "120"
     history = client.get_metric_history(run.info.run_id, "val/bpc")
     assert sorted(m.step for m in history) == [40, 80, 120]

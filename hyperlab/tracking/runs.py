@@ -82,6 +82,12 @@ def log_checkpoint(mlflow_client, run_id: str, checkpoint_dir: str | Path) -> No
     mlflow_client.log_artifacts(run_id, str(checkpoint_dir), CHECKPOINT_ARTIFACT_DIR)
 
 
+def set_tags(mlflow_client, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set (or overwrite) tags on a run."""
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value))
+
+
 def finish_run(mlflow_client, run_id: str, status: str = "FINISHED") -> None:
     """End the run: FINISHED, FAILED or KILLED."""
     mlflow_client.set_terminated(run_id, status)

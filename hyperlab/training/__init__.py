@@ -1,7 +1,8 @@
 """The training core: ``fit(config, report)`` trains one model and knows neither Ray nor MLflow.
 
 Public names (imported lazily, so ``from hyperlab.training import TrainConfig`` does not load torch):
-``TrainConfig``, ``fit``, ``parameter_count``, ``sample``, ``activity_figure``.
+``TrainConfig``, ``fit``, ``parameter_count``, ``load_model``, ``smoke_overrides``, ``sample``,
+``activity_figure``.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["TrainConfig", "fit", "parameter_count", "sample", "activity_figure"]
+__all__ = ["TrainConfig", "fit", "parameter_count", "load_model", "smoke_overrides", "sample", "activity_figure"]
 
 _WHERE = {
     "TrainConfig": "hyperlab.training.config",
     "fit": "hyperlab.training.loop",
     "parameter_count": "hyperlab.training.loop",
+    "load_model": "hyperlab.training.loop",
+    "smoke_overrides": "hyperlab.training.config",
     "sample": "hyperlab.training.generate",
     "activity_figure": "hyperlab.training.generate",
 }

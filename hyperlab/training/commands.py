@@ -19,7 +19,7 @@ TAG_PIPELINE = "hyperlab.pipeline"
 def train(args: argparse.Namespace) -> int:
     """Train one model from a pipeline YAML file, logged to MLflow as one run."""
     from hyperlab.tracking import layout, runs
-    from hyperlab.tracking.store import init_store, resolve_tracking_uri
+    from hyperlab.tracking.store import RUNS_DIR, init_store, resolve_tracking_uri
     from hyperlab.training.loop import fit
 
     config = load_yaml(TrainConfig, args.file)  # a bad config stops here, before anything is created
@@ -27,7 +27,7 @@ def train(args: argparse.Namespace) -> int:
     client = runs.client(init_store(resolve_tracking_uri(args.tracking_uri)))
     stem = Path(args.file).stem
     run_id = runs.start_run(client, EXPERIMENT, run_name=stem, tags={TAG_PIPELINE: stem})
-    workdir = Path(args.out) if args.out else Path("hyperlab-runs") / "train" / run_id
+    workdir = Path(args.out) if args.out else RUNS_DIR / "train" / run_id
     status = "FAILED"
     try:
         runs.log_params(client, run_id, config.flat())
@@ -36,7 +36,7 @@ def train(args: argparse.Namespace) -> int:
         result, last_checkpoint = _fit_with_progress(config, client, run_id, workdir, args.data_dir, fit)
         if last_checkpoint is not None:
             runs.log_checkpoint(client, run_id, last_checkpoint)
-        client.set_tag(run_id, layout.TAG_OUTCOME, result["outcome"])
+        runs.set_tags(client, run_id, {layout.TAG_OUTCOME: result["outcome"]})
         status = "FINISHED" if result["outcome"] == "completed" else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -73,7 +73,7 @@ def _fit_with_progress(config, client, run_id, workdir, data_dir, fit):
         def report(metrics, checkpoint_dir):
             runs.log_metrics(client, run_id, metrics, metrics["step"])
             last["checkpoint"] = checkpoint_dir or last["checkpoint"]
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+            shown = "  ".join(_show(k, v) for k, v in metrics.items()
                               if k.split("/")[0] in ("train", "val", "test") or k == "throughput")
             progress.console.print(f"step {metrics['step']}: {shown}")  # a log line, also when not a TTY
             progress.update(bar, status=shown)
@@ -86,9 +86,14 @@ def _fit_with_progress(config, client, run_id, workdir, data_dir, fit):
 def _print_summary(run_id: str, result: dict, workdir: Path) -> None:
     from rich.console import Console
 
-    shown = {k: v for k, v in result.items() if k.split("/")[0] in ("val", "test", "model")}
-    Console().print(f"run [bold]{run_id}[/] {result['outcome']} at step {result['step']}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f"\ncheckpoints in {workdir}")
+    keys = [k for k in result if k.split("/")[0] in ("val", "test")] + ["model/n_params", "model/compression_ratio"]
+    shown = ", ".join(_show(k, result[k]) for k in keys if k in result)
+    Console().print(f"run [bold]{run_id}[/] {result['outcome']} at step {result['step']}: {shown}\n"
+                    f"checkpoints in {workdir}")
+
+
+def _show(key: str, value) -> str:
+    return f"{key} {value:,}" if isinstance(value, int) else f"{key} {value:.4g}"
 
 
 def sample(args: argparse.Namespace) -> int:
