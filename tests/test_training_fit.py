@@ -203,3 +203,28 @@ def test_classifier_learns_generated_images(tmp_path):
     assert reports[1]["train/loss"] < reports[0]["train/loss"] < math.log(2) + 0.3
     assert result["model/n_params"] == parameter_count(config)["total"]
     assert 0 < result["model/compression_ratio"] < 1
+
+
+def test_classifier_resume_continues_exactly(tmp_path):
+    # 48 training images in batches of 16: 3 per epoch, so the stop (step 6) falls between epochs
+    dataset = write_images(tmp_path / "images", {"train": 24, "valid": 8, "test": 8})
+    config = validate(TrainConfig, {
+        "task": "classify", "device": "cpu", "data": {"dataset": dataset, "batch_size": 16, "augment": True},
+        "model": {"name": "wide_resnet", "depth": 10, "widen": 1, "hyper": True, "n_z": 4},
+        "optim": {"lr": 0.01, "clip": 1.0}, "schedule": {"steps": 10, "eval_every": 3}})
+    straight = []
+    fit(config, lambda m, p: straight.append(m), workdir=tmp_path / "straight")
+
+    def stop_at_6(metrics, path):
+        if metrics["step"] == 6:
+            raise _Stop
+    with pytest.raises(_Stop):
+        fit(config, stop_at_6, workdir=tmp_path / "cut")
+    resumed = []
+    fit(config, lambda m, p: resumed.append(m), workdir=tmp_path / "cut", resume_from=tmp_path / "cut" / "checkpoint-6")
+    assert [m["step"] for m in resumed] == [9, 10]
+    for key in ("train/loss", "val/loss", "test/acc"):
+        assert [m.get(key) for m in resumed] == [m.get(key) for m in straight[2:]]
+    a = checkpoint.load_model_state(tmp_path / "straight" / "checkpoint-10")
+    b = checkpoint.load_model_state(tmp_path / "cut" / "checkpoint-10")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # batch-norm running statistics included

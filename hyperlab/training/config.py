@@ -14,6 +14,7 @@ import pydantic
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from hyperlab.config_io import StrictModel, validate
+from hyperlab.errors import ConfigError
 
 CHAR_DATASETS = ("ptb", "enwik8", "text8", "tinyshakespeare", "bundled")
 IMAGE_DATASETS = ("mnist", "cifar10", "cifar10_folder")
@@ -71,7 +72,6 @@ class ModelSection(StrictModel):
 def _build_problems(name: str, given: dict[str, Any], arguments: dict[str, Any]) -> list[tuple[str, str]]:
     """Argument values the builder rejects, found by sizing the model on the meta device (no memory,
     milliseconds) with placeholder data arguments: [(key, message)]."""
-    from hyperlab.errors import ConfigError
     from hyperlab.models import size_model
 
     placeholders = {key: 2 for key in DATA_FILLED_ARGS if key in arguments}
@@ -143,8 +143,6 @@ class TrainConfig(StrictModel):
                     break
             else:
                 node[leaf] = value
-        from hyperlab.errors import ConfigError
-
         try:
             config = validate(TrainConfig, data, "overrides")
         except ConfigError as err:
