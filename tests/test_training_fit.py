@@ -108,9 +108,11 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("cell", ["ln_hyperlstm", "hyperlstm"])  # eager and fused HyperLSTM paths
+def test_resume_continues_exactly(tmp_path, cell):
     # 4000 chars: 22 training batches, so the run wraps to a new pass (fresh state) after the resume
-    config = char_config(write_text(tmp_path / "t.txt", 4000), **{"schedule.steps": 30, "schedule.eval_every": 6})
+    config = char_config(write_text(tmp_path / "t.txt", 4000),
+                         **{"schedule.steps": 30, "schedule.eval_every": 6, "model.cell": cell})
     straight = []
     fit(config, lambda m, p: straight.append(m), workdir=tmp_path / "straight")
 
