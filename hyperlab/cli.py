@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p["sample"].add_argument("--primer", default="")
     p["sample"].add_argument("--seed", type=int, default=0)
     p["sample"].add_argument("--out", default=".", help="directory for the text and the figure")
+    p["sample"].add_argument("--data-dir")
 
     p["pareto"].add_argument("name", help="search name")
     p["pareto"].add_argument("--out", help="write the front to FILE.parquet or FILE.csv")
