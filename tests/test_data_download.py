@@ -14,15 +14,7 @@ from hyperlab.data import sources
 from hyperlab.data.download import sha256_of
 from hyperlab.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 UNREACHABLE = "http://127.0.0.1:9/x"  # discard port: refused at once, no network needed
-
-
-def shared_data() -> Path:
-    path = Path(os.environ.get("HYPERLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not path.is_dir():
-        pytest.skip(f"real datasets not found at {path} (set HYPERLAB_SHARED_DATA)")
-    return path
 
 
 def test_a_missing_file_names_itself_its_folder_and_its_url(tmp_path):
@@ -95,6 +87,6 @@ def test_every_source_pins_a_sha256_and_a_web_url():
     ("mnist", list(sources.MNIST.values())),
     ("tinyshakespeare", [sources.TINY_SHAKESPEARE]),
 ])
-def test_pinned_digests_match_the_shared_copies(folder, remotes):
+def test_pinned_digests_match_the_shared_copies(shared_data, folder, remotes):
     for remote in remotes:
-        assert sha256_of(shared_data() / folder / remote.name) == remote.sha256
+        assert sha256_of(shared_data(folder) / folder / remote.name) == remote.sha256

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import pickle
 import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,29 +19,18 @@ from hyperlab.data.image_batches import channel_stats, crop_and_flip
 from hyperlab.data.images import read_idx
 from hyperlab.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
-def shared_data() -> Path:
-    path = Path(os.environ.get("HYPERLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not path.is_dir():
-        pytest.skip(f"real datasets not found at {path} (set HYPERLAB_SHARED_DATA)")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYPERLAB_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def test_mnist_is_split_55k_5k_10k_with_the_known_labels():
-    ds = load_images("mnist", shared_data())
+def test_mnist_is_split_55k_5k_10k_with_the_known_labels(shared_data):
+    ds = load_images("mnist", shared_data("mnist"))
     assert [len(s[0]) for s in (ds.train, ds.valid, ds.test)] == [55_000, 5_000, 10_000]
     assert ds.train[0].shape[1:] == (28, 28, 1) and ds.train[0].dtype == np.uint8
     assert (ds.num_classes, ds.channels, ds.image_size) == (10, 1, 28)
     assert ds.train[1][:5].tolist() == [5, 0, 4, 1, 9] and int(ds.test[1][0]) == 7
     # the validation set is the tail of the training file: read its labels another way
-    raw = gzip.open(shared_data() / "mnist" / "train-labels-idx1-ubyte.gz").read()
+    with gzip.open(shared_data("mnist") / "mnist" / "train-labels-idx1-ubyte.gz") as file:
+        raw = file.read()
     assert ds.valid[1].tolist() == list(raw[8 + 55_000:])
     assert ds.mean[0] == pytest.approx(0.1307, abs=2e-4)  # the well-known MNIST mean, on 55k
 
@@ -56,12 +43,11 @@ def test_idx_reader_decodes_header_and_payload(tmp_path):
     assert np.array_equal(read_idx(path), values)
 
 
-def test_cifar10_batches_become_hwc_images_split_off_the_tail(tmp_path, monkeypatch):
-    # a generated stand-in with the official layout: 5 x 4 training rows + 4 test rows
+def _cifar_stand_in(folder) -> dict[str, np.ndarray]:
+    """A generated archive with the official layout, 5 x 4 training rows + 4 test rows; returns the rows."""
     rng = np.random.default_rng(0)
     rows = {name: rng.integers(0, 256, (4, 3072), dtype=np.uint8)
             for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
-    folder = tmp_path / "data" / "cifar10"
     folder.mkdir(parents=True)
     with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
         for name, data in rows.items():
@@ -69,6 +55,11 @@ def test_cifar10_batches_become_hwc_images_split_off_the_tail(tmp_path, monkeypa
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
+    return rows
+
+
+def test_cifar10_batches_become_hwc_images_split_off_the_tail(tmp_path, monkeypatch):
+    rows = _cifar_stand_in(tmp_path / "data" / "cifar10")
     monkeypatch.setitem(images_module.VALID_SIZE, "cifar10", 4)
     ds = load_images("cifar10", tmp_path / "data")
     assert [len(s[0]) for s in (ds.train, ds.valid, ds.test)] == [16, 4, 4]
@@ -78,13 +69,32 @@ def test_cifar10_batches_become_hwc_images_split_off_the_tail(tmp_path, monkeypa
     assert ds.test[1].tolist() == [0, 1, 2, 3] and ds.num_classes == 10
 
 
-def test_shared_cifar10_folder_reads_pngs_with_csv_labels_and_a_zip_of_class_folders():
-    ds = load_images("cifar10_folder", shared_data())
+def test_shared_cifar10_folder_reads_pngs_with_csv_labels_and_a_zip_of_class_folders(shared_data):
+    ds = load_images("cifar10_folder", shared_data("cifar10"))
     assert [len(s[0]) for s in (ds.train, ds.valid, ds.test)] == [180, 20, 10_000]
     assert ds.class_names[6] == "frog" and ds.train[1][:5].tolist() == [6, 9, 9, 4, 1]  # trainLabels.csv
     assert np.bincount(ds.test[1]).tolist() == [1000] * 10
-    first = np.asarray(Image.open(shared_data() / "cifar10" / "train_first200" / "train" / "1.png").convert("RGB"))
+    first = np.asarray(Image.open(shared_data("cifar10") / "cifar10" / "train_first200" / "train" / "1.png").convert("RGB"))
     assert np.array_equal(ds.train[0][0], first)  # lossless PNG, read in file-number order
+
+
+def test_the_idx_and_cifar_readers_close_every_file_they_open(tmp_path, monkeypatch):
+    opened = []
+
+    def recorded(open_file):
+        def wrapper(*args, **kwargs):
+            opened.append(open_file(*args, **kwargs))
+            return opened[-1]
+        return wrapper
+    monkeypatch.setattr(gzip, "open", recorded(gzip.open))
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", recorded(tarfile.TarFile.extractfile))
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9])))
+    assert read_idx(path).tolist() == [7, 8, 9]
+    _cifar_stand_in(tmp_path / "cifar10")
+    arrays = images_module._read_cifar_tar(tmp_path / "cifar10" / "cifar-10-python.tar.gz")
+    assert arrays["train_x"].shape == (20, 32, 32, 3)
+    assert len(opened) == 1 + 6 and [f.closed for f in opened] == [True] * 7  # the IDX file, six batches
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -184,3 +194,16 @@ def test_augmented_images_are_padded_crops_or_their_mirror_images():
         assert any(np.array_equal(augmented[k], c) for c in candidates)
         changed += not np.array_equal(augmented[k], images[k])
     assert changed >= 12  # only 1 of 162 draws is the identity
+
+
+def test_batch_errors_name_the_split_and_the_key():
+    images, labels = _toy_images(n=10)
+    with pytest.raises(UserError) as caught:
+        ImageBatches(images, labels, 16, augment=False, seed=0, drop_last=True, name="the train split of cifar10")
+    assert str(caught.value) == ("the train split of cifar10: 10 images are too few for one batch of "
+                                 "data.batch_size=16; lower data.batch_size")
+    assert len(ImageBatches(images, labels, 10, augment=False, seed=0, drop_last=True)) == 1  # the bound is exact
+    with pytest.raises(UserError) as caught:
+        ImageBatches(images, labels[:9], 0, augment=False, seed=-1)
+    assert str(caught.value) == ("the images: data.batch_size must be >= 1, got 0; seed must be >= 0, got -1; "
+                                 "10 images but 9 labels")

@@ -14,33 +14,19 @@ from hyperlab.data import StreamBatches, load_corpus
 from hyperlab.data.text import split_by_fraction
 from hyperlab.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
-def shared_data() -> Path:
-    path = Path(os.environ.get("HYPERLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not path.is_dir():
-        pytest.skip(f"real datasets not found at {path} (set HYPERLAB_SHARED_DATA)")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    # derived arrays of read-only sources go to a per-test cache, never to ~/.cache
-    monkeypatch.setenv("HYPERLAB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("HYPERLAB_DATA_DIR", raising=False)
-
-
-def test_ptb_has_the_published_token_counts_and_50_symbols(tmp_path):
-    corpus = load_corpus("ptb", shared_data())
-    assert [p.name[:4] for p in (tmp_path / "cache").iterdir()] == ["ptb-"]  # read-only source: cached aside
+def test_ptb_has_the_published_token_counts_and_50_symbols(shared_data, private_cache):
+    corpus = load_corpus("ptb", shared_data("ptb"))
+    assert [p.name[:4] for p in private_cache.iterdir()] == ["ptb-"]  # read-only source: cached aside
     assert [len(corpus.split(s)) for s in ("train", "valid", "test")] == [5_017_482, 393_042, 442_423]
     assert corpus.vocab_size == 50 and corpus.unk_id is None
     assert "\n" in corpus.vocab and "_" in corpus.vocab and " " not in corpus.vocab
     train = corpus.split("train")
     assert isinstance(train, np.memmap) and train.dtype == np.uint8
     assert int((train == corpus.vocab.index("\n")).sum()) == 42_068  # one end-of-line per line
-    first_line = (shared_data() / "ptb" / "ptb.char.train.txt").open().readline()
+    first_line = (shared_data("ptb") / "ptb" / "ptb.char.train.txt").open().readline()
     assert corpus.decode(train[:len(first_line) // 2 + 1]) == first_line.replace(" ", "")
 
 
@@ -73,9 +59,13 @@ def test_random_access_equals_sequential_reading():
         assert torch.equal(x, sequential[i][0]) and torch.equal(y, sequential[i][1])
 
 
-def test_stream_batches_reject_a_split_too_short():
-    with pytest.raises(UserError, match="too few"):
-        StreamBatches(np.zeros(100, np.uint8), batch_size=10, seq_len=10)
+def test_a_split_too_short_names_itself_and_the_batch_keys():
+    with pytest.raises(UserError) as caught:
+        StreamBatches(np.zeros(100, np.uint8), batch_size=10, seq_len=10, name="the valid split of ptb")
+    assert str(caught.value) == (
+        "the valid split of ptb: 100 tokens are too few for one batch of data.batch_size=10 streams of "
+        "data.seq_len=10+1 tokens (needs at least 110); lower data.batch_size or data.seq_len")
+    assert len(StreamBatches(np.zeros(110, np.uint8), batch_size=10, seq_len=10)) == 1  # the bound is exact
 
 
 def test_bundled_text_round_trips_through_encode_and_decode():

@@ -25,10 +25,20 @@ class ImageBatches:
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, augment: bool, seed: int,
-                 *, mean=None, std=None, shuffle: bool = True, drop_last: bool = False, pad: int = 4):
-        if batch_size < 1 or seed < 0 or len(images) != len(labels) or images.ndim != 4:
-            raise UserError(f"ImageBatches needs images (N, H, W, C) and N labels, batch_size >= 1 and "
-                            f"seed >= 0; got {images.shape}, {len(labels)} labels, {batch_size}, {seed}")
+                 *, mean=None, std=None, shuffle: bool = True, drop_last: bool = False, pad: int = 4,
+                 name: str = "the images"):
+        # ``name`` says in errors which images these are ("the train split of cifar10")
+        problems = []
+        if batch_size < 1:
+            problems.append(f"data.batch_size must be >= 1, got {batch_size}")
+        if seed < 0:
+            problems.append(f"seed must be >= 0, got {seed}")
+        if images.ndim != 4:
+            problems.append(f"images must be an array (N, H, W, C), got shape {images.shape}")
+        elif len(images) != len(labels):
+            problems.append(f"{len(images)} images but {len(labels)} labels")
+        if problems:
+            raise UserError(f"{name}: {'; '.join(problems)}")
         self.images, self.labels = images, labels
         self.batch_size, self.augment, self.seed, self.pad = batch_size, augment, seed, pad
         self.shuffle, self.drop_last = shuffle, drop_last
@@ -38,7 +48,8 @@ class ImageBatches:
         self.std = np.maximum(np.asarray(std, np.float32), 1e-6).reshape(1, 1, 1, -1)
         self._epoch, self._order = None, None
         if len(self) == 0:
-            raise UserError(f"{len(images)} images are too few for one batch of {batch_size}")
+            raise UserError(f"{name}: {len(images)} images are too few for one batch of "
+                            f"data.batch_size={batch_size}; lower data.batch_size")
 
     def __len__(self) -> int:
         """Batches per epoch."""

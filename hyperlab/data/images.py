@@ -92,7 +92,8 @@ def hold_out_last(images: np.ndarray, labels: np.ndarray, n_valid: int) -> tuple
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped) as a uint8 array: magic 0x0000 08 <ndim>, big-endian int32 dims."""
-    raw = gzip.open(path).read()
+    with gzip.open(path) as file:
+        raw = file.read()
     if raw[:3] != b"\x00\x00\x08":
         raise UserError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
     ndim = raw[3]
@@ -127,7 +128,8 @@ def _read_cifar_tar(archive: Path) -> dict[str, np.ndarray]:
             stem = Path(member.name).name
             if stem.startswith(("data_batch_", "test_batch")):
                 # trusted pickle: the file passed its sha256 check (or the user put it there)
-                batches[stem] = pickle.load(tar.extractfile(member), encoding="bytes")
+                with tar.extractfile(member) as file:
+                    batches[stem] = pickle.load(file, encoding="bytes")
     train_names = [f"data_batch_{i}" for i in range(1, 6)]
     if sorted(batches) != sorted(train_names + ["test_batch"]):
         raise UserError(f"{archive}: expected cifar-10-batches-py/data_batch_1..5 and test_batch, "

@@ -17,17 +17,20 @@ from hyperlab.errors import UserError
 class StreamBatches:
     """Random-access (x, y) batches of shape (B, T) over ``tokens`` for truncated BPTT."""
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int):
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, name: str = "the tokens"):
+        # ``name`` says in errors which tokens these are ("the valid split of ptb")
         if batch_size < 1 or seq_len < 1:
-            raise UserError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+            raise UserError(f"{name}: data.batch_size and data.seq_len must be >= 1, "
+                            f"got {batch_size} and {seq_len}")
         self.batch_size, self.seq_len = batch_size, seq_len
         self.stream_len = len(tokens) // batch_size  # tokens per stream; the ragged tail is dropped
         # (B, L) view of the memmap: row b is stream b; nothing is copied until a batch is read
         self.streams = np.asarray(tokens)[: batch_size * self.stream_len].reshape(batch_size, self.stream_len)
         self._len = (self.stream_len - 1) // seq_len  # the last target needs one token past the inputs
         if self._len == 0:
-            raise UserError(f"{len(tokens)} tokens are too few for {batch_size} streams of "
-                            f"{seq_len}+1 tokens; lower batch_size or seq_len")
+            raise UserError(f"{name}: {len(tokens)} tokens are too few for one batch of data.batch_size="
+                            f"{batch_size} streams of data.seq_len={seq_len}+1 tokens (needs at least "
+                            f"{batch_size * (seq_len + 1)}); lower data.batch_size or data.seq_len")
 
     def __len__(self) -> int:
         """Batches in one pass over the split."""

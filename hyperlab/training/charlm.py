@@ -22,15 +22,14 @@ class CharLMTask:
     new pass over the training split starts; it is part of the checkpoint, so resume is exact.
     """
 
-    unit = "tokens"
-
     def __init__(self, config: TrainConfig, data_dir: str | None, device: torch.device):
         from hyperlab.data import StreamBatches
 
         self.config, self.device = config, device
         self.corpus = corpus(config.data.dataset, data_dir)
         batch, seq = config.data.batch_size, config.data.seq_len
-        self.batches = {split: StreamBatches(self.corpus.split(split), batch, seq)
+        self.batches = {split: StreamBatches(self.corpus.split(split), batch, seq,
+                                             name=f"the {split} split of {config.data.dataset}")
                         for split in ("train", "valid", "test")}
         self.hidden = None  # carried across training chunks
 

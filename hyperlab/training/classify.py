@@ -18,8 +18,6 @@ class ClassifyTask:
     (seed, epoch, index), so the data position is the step and resume is exact.
     """
 
-    unit = "images"
-
     def __init__(self, config: TrainConfig, data_dir: str | None, device: torch.device):
         from hyperlab.data import ImageBatches
 
@@ -27,10 +25,12 @@ class ClassifyTask:
         self.data = images(config.data.dataset, data_dir)
         size, seed, data = config.data.batch_size, config.seed, self.data
         norm = {"mean": data.mean, "std": data.std}  # training-set statistics for every split
+        names = {split: f"the {split} split of {config.data.dataset}" for split in ("train", "valid", "test")}
         self.batches = {
-            "train": ImageBatches(*data.train, size, config.data.augment, seed, drop_last=True, **norm),
-            "valid": ImageBatches(*data.valid, size, False, seed, shuffle=False, **norm),
-            "test": ImageBatches(*data.test, size, False, seed, shuffle=False, **norm),
+            "train": ImageBatches(*data.train, size, config.data.augment, seed, drop_last=True, **norm,
+                                  name=names["train"]),
+            "valid": ImageBatches(*data.valid, size, False, seed, shuffle=False, **norm, name=names["valid"]),
+            "test": ImageBatches(*data.test, size, False, seed, shuffle=False, **norm, name=names["test"]),
         }
 
     def model_arguments(self) -> dict[str, Any]:
