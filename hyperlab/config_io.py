@@ -27,10 +27,15 @@ def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), [("", "no such file")])
+    return parse_yaml(path.read_text(), str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error becomes a ConfigError naming ``source``."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), [("", f"not valid YAML: {err}")]) from None
+        raise ConfigError(source, [("", f"not valid YAML: {err}")]) from None
 
 
 def validate(model: type[M], data: Any, file: str | Path | None = None) -> M:

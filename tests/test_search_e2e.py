@@ -225,8 +225,8 @@ def test_stopped_failed_and_complete_trials_each_go_where_they_belong(tmp_path):
     [failed] = by_lr["1e+20"]  # diverges to NaN at the first evaluation, on both tries
     assert failed.info.status == "FAILED" and failed.data.tags[layout.TAG_FIDELITY] == layout.FAILED
     assert failed.data.tags[layout.TAG_OUTCOME] == "diverged"
-    assert failed.data.tags["hyperlab.retries"] == "1"
-    error = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert failed.data.tags[layout.TAG_RETRIES] == "1"
+    error = Path(client.download_artifacts(failed.info.run_id, layout.ERROR_ARTIFACT, str(tmp_path))).read_text()
     assert "TrainingDiverged" in error
 
     state_of = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r.data.params["optim.lr"] for r in trials}
@@ -259,7 +259,7 @@ def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
     finally:
         _kill_group(driver.pid)
     client, _, [run] = runs_of(tmp_path, "lost")
-    assert run.info.status == "FINISHED" and run.data.tags["hyperlab.retries"] == "1"
+    assert run.info.status == "FINISHED" and run.data.tags[layout.TAG_RETRIES] == "1"
     history = client.get_metric_history(run.info.run_id, "val/bpc")
     steps = [m.step for m in history]
     assert sorted(set(steps)) == list(range(20, 401, 20))  # continued from its last checkpoint

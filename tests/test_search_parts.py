@@ -68,3 +68,29 @@ def test_cluster_file_matches_rays_schema():
     head_commands = " ".join(config["head_start_ray_commands"])
     assert "mlflow server --host 127.0.0.1" in head_commands  # reached by port-forward only
     assert "pip install" in " ".join(config["setup_commands"])
+
+
+def test_early_stopping_rungs_survive_a_new_scheduler(tmp_path):
+    """What a resumed driver sees: a fresh scheduler object over the same state file decides as the
+    old one would have. (Trials stand in as objects with a trial_id: all the scheduler reads.)"""
+    from types import SimpleNamespace
+
+    from hyperlab.search.scheduler import PersistentASHA
+    from hyperlab.search.space import EarlyStopping
+
+    rule = EarlyStopping(metric="val/bpc", grace_period=1, reduction_factor=2)
+    path = str(tmp_path / "asha_state.pkl")
+    first = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
+    for trial, bpc in zip(trials, (2.0, 1.5, 1.6)):
+        first.on_trial_add(None, trial)
+        assert first.on_trial_result(None, trial, {"training_iteration": 1, "val/bpc": bpc}) == "CONTINUE"
+
+    late = SimpleNamespace(trial_id="t3")
+    second = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    second.on_trial_add(None, late)
+    # the rung at one evaluation holds 2.0, 1.5, 1.6: the median cut-off is 1.6 (minimising)
+    assert second.on_trial_result(None, late, {"training_iteration": 1, "val/bpc": 1.7}) == "STOP"
+    fresh = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=str(tmp_path / "other.pkl"))
+    fresh.on_trial_add(None, late)
+    assert fresh.on_trial_result(None, late, {"training_iteration": 1, "val/bpc": 1.7}) == "CONTINUE"

@@ -13,12 +13,13 @@ from hyperlab.analysis.figures import overlay_figure
 from hyperlab.analysis.load import RUNNING, load_search, load_search_meta, objectives_of
 from hyperlab.analysis.pareto import LOG_SCALE
 from hyperlab.analysis.paper import closest_paper_result, dataset_of, paper_table
+from hyperlab.tracking import layout
 from hyperlab.analysis.report import front_table, write_front
 from hyperlab.tracking import read
 from hyperlab.tracking.layout import FIDELITIES
 from hyperlab.tracking.store import resolve_tracking_uri
 
-SPACE_HASH_TAG = "hyperlab.space_hash"
+SPACE_HASH_TAG = layout.TAG_SPACE_HASH
 _META_COLUMNS = {"run_id", "status", "fidelity", "start_time", "end_time", "ray_trial_id", "checkpoint"}
 
 

@@ -50,7 +50,7 @@ class MlflowSearchCallback(tune.Callback):
         config = trial.config
         self.writer.start_trial(trial.trial_id, params=trial_overrides(config), tags={
             layout.TAG_OPTUNA_TRIAL: str(config.get(OPTUNA_TRIAL_KEY, "")),
-            "hyperlab.n_params_sized": str(config.get(N_PARAMS_KEY, "")),
+            layout.TAG_N_PARAMS_SIZED: str(config.get(N_PARAMS_KEY, "")),
         })
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -62,7 +62,7 @@ class MlflowSearchCallback(tune.Callback):
         self.writer.set_tags(trial.trial_id, {layout.TAG_CHECKPOINT: checkpoint.path})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.writer.set_tags(trial.trial_id, {"hyperlab.retries": trial.num_failures})
+        self.writer.set_tags(trial.trial_id, {layout.TAG_RETRIES: trial.num_failures})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if (trial.last_result or {}).get(COMPLETE_KEY):

@@ -12,7 +12,6 @@ from hyperlab.tracking import layout
 from hyperlab.tracking.writer import SearchWriter
 
 log = logging.getLogger(__name__)
-TAG_REFERENCE = "hyperlab.reference"  # the hypervolume's reference point, fixed for the whole search
 
 
 class SearchReporter:
@@ -33,7 +32,7 @@ class SearchReporter:
         reference = self._reference()
         if reference is None:
             reference = search_reference(self.objectives, df, bounds=self.bounds)
-            self.writer.client.set_tag(self.writer.parent_id, TAG_REFERENCE, json.dumps(reference))
+            self.writer.set_search_tag(layout.TAG_REFERENCE, json.dumps(reference))
         with tempfile.TemporaryDirectory(prefix="hyperlab-report-") as tmp:
             result = write_search_report(df, self.objectives, Path(tmp), reference=reference)
             self.writer.log_search_artifacts(Path(tmp), "pareto")
@@ -41,5 +40,5 @@ class SearchReporter:
         self._logged_complete = complete
 
     def _reference(self) -> list[float] | None:
-        tag = self.writer.client.get_run(self.writer.parent_id).data.tags.get(TAG_REFERENCE)
+        tag = self.writer.search_tag(layout.TAG_REFERENCE)
         return json.loads(tag) if tag else None

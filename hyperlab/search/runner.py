@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from hyperlab import __version__
 from hyperlab.errors import UserError
+from hyperlab.metrics import direction
 from hyperlab.search.callback import MlflowSearchCallback, ProgressCallback
+from hyperlab.search import storage as files
 from hyperlab.search.scheduler import PersistentASHA
 from hyperlab.search.searcher import N_PARAMS_KEY, BudgetedOptunaSearch
 from hyperlab.search.space import SearchSpace, dump
@@ -42,38 +42,30 @@ class SearchRun:
     data_dir: str | None = None
     address: str | None = None
     num_cpus: int | None = None  # local Ray only; None = all cores
+    smoke_test: bool = False     # shrunk by --smoke-test (a resume shrinks it again)
 
 
 def experiment_path(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
 
-def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
-
-
 def exists(storage: str, name: str) -> bool:
-    fs, path = _fs(experiment_path(storage, name))
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    return files.exists(experiment_path(storage, name))
 
 
 def write_manifest(run: SearchRun) -> None:
-    fs, path = _fs(experiment_path(run.storage, run.name))
-    fs.create_dir(path, recursive=True)
     body = json.dumps({"name": run.name, "space": run.space_text, "tracking_uri": run.tracking_uri,
-                       "data_dir": run.data_dir, "storage": run.storage}, indent=1)
-    with fs.open_output_stream(f"{path}/{MANIFEST}") as f:
-        f.write(body.encode())
+                       "data_dir": run.data_dir, "storage": run.storage, "smoke_test": run.smoke_test}, indent=1)
+    files.write_bytes(f"{experiment_path(run.storage, run.name)}/{MANIFEST}", body.encode())
 
 
 def read_manifest(storage: str, name: str) -> dict:
-    fs, path = _fs(experiment_path(storage, name))
-    try:
-        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
-            return json.loads(f.readall())
-    except FileNotFoundError:
-        raise UserError(f"no search named {name!r} under {storage} (looked for {path}/{MANIFEST}); "
-                        f"pass --storage if it was started with one") from None
+    where = f"{experiment_path(storage, name)}/{MANIFEST}"
+    body = files.read_bytes(where)
+    if body is None:
+        raise UserError(f"no search named {name!r} under {storage} (looked for {where}); "
+                        f"pass --storage if it was started with one")
+    return json.loads(body)
 
 
 def code_version() -> str:
@@ -104,14 +96,14 @@ def run_search(run: SearchRun, resume: bool = False, progress: bool = True):
     init_ray(run.address, run.num_cpus)
     trainable = _trainable(run)
     if resume:  # Tune restores the searcher and the callbacks (which reattach to their MLflow runs)
-        tuner = tune.Tuner.restore(experiment_path(run.storage, run.name), trainable,
-                                   resume_unfinished=True, resume_errored=True)
+        # Unfinished trials continue from their checkpoints; failed ones already had their retries.
+        tuner = tune.Tuner.restore(experiment_path(run.storage, run.name), trainable, resume_unfinished=True)
     else:
         callbacks = [JsonLoggerCallback(), MlflowSearchCallback(
             run.tracking_uri, run.name, run.space.objectives,
-            tags={layout.TAG_CODE_VERSION: code_version(), "hyperlab.space_hash": run.space.space_hash(),
-                  "hyperlab.storage": experiment_path(run.storage, run.name),
-                  "data.dataset": run.base_config.data.dataset},
+            tags={layout.TAG_CODE_VERSION: code_version(), layout.TAG_SPACE_HASH: run.space.space_hash(),
+                  layout.TAG_STORAGE: experiment_path(run.storage, run.name),
+                  layout.TAG_DATASET: run.base_config.data.dataset},
             params={k: v for k, v in run.base_config.flat().items() if k not in run.space.space},
             artifacts={layout.SEARCH_SPACE_ARTIFACT: run.space_text, "search_space.resolved.yaml": dump(run.space)},
             reference_bounds={"model/n_params": run.space.budget.max_params}
@@ -141,19 +133,11 @@ def _tune_config(run: SearchRun) -> tune.TuneConfig:
         rule = space.early_stopping
         schedule = run.base_config.schedule
         evaluations = -(-schedule.steps // schedule.eval_every)
-        state_path = os.path.join(tempfile.gettempdir(), f"hyperlab-asha-{run.name}.pkl")
-        if "://" not in run.storage:
-            state_path = os.path.join(os.path.abspath(experiment_path(run.storage, run.name)), "asha_state.pkl")
-        scheduler = PersistentASHA(rule, mode=rule.metric and _direction(rule.metric),
+        state_path = f"{experiment_path(run.storage, run.name)}/asha_state.pkl"
+        scheduler = PersistentASHA(rule, mode=direction(rule.metric),
                                    max_evaluations=evaluations, state_path=state_path)
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.trials,
                            max_concurrent_trials=space.concurrency, reuse_actors=True)
-
-
-def _direction(metric: str) -> str:
-    from hyperlab.metrics import direction
-
-    return direction(metric)
 
 
 def _run_config(run: SearchRun, callbacks) -> tune.RunConfig:

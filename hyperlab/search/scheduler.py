@@ -7,19 +7,18 @@ state to a file beside the experiment after every decision and reads it back on 
 
 from __future__ import annotations
 
-import os
 import pickle
-from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
+from hyperlab.search import storage
 from hyperlab.search.space import EarlyStopping
 
 
 class PersistentASHA(AsyncHyperBandScheduler):
     """ASHA on evaluations (``training_iteration``), its rungs kept in ``state_path``."""
 
-    def __init__(self, rule: EarlyStopping, mode: str, max_evaluations: int, state_path: str | Path):
+    def __init__(self, rule: EarlyStopping, mode: str, max_evaluations: int, state_path: str):
         super().__init__(
             time_attr="training_iteration",
             metric=rule.metric,
@@ -36,20 +35,14 @@ class PersistentASHA(AsyncHyperBandScheduler):
         if self._loaded:
             return
         self._loaded = True
-        if os.path.exists(self._state_path):
-            with open(self._state_path, "rb") as f:
-                state = pickle.load(f)
+        saved = storage.read_bytes(self._state_path)
+        if saved is not None:
+            state = pickle.loads(saved)
             state.pop("_state_path", None)
             self.__dict__.update(state)
-            self._loaded = True
 
     def _save(self) -> None:
-        tmp = f"{self._state_path}.tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(self.__dict__, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state_path)
+        storage.write_bytes(self._state_path, pickle.dumps(self.__dict__))
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load_once()

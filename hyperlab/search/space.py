@@ -34,7 +34,7 @@ import pydantic
 import yaml
 
 from hyperlab import metrics
-from hyperlab.config_io import StrictModel, read_yaml, validate
+from hyperlab.config_io import StrictModel, parse_yaml, read_yaml, validate
 from hyperlab.errors import ConfigError
 
 
@@ -182,13 +182,6 @@ class SearchSpace(StrictModel):
         """Optuna distributions by dotted key, passed to OptunaSearch as they are."""
         return {key: param.distribution() for key, param in self.space.items()}
 
-    def base_config(self) -> dict:
-        """The fixed part as a nested training-config dict, task and model name filled in."""
-        config = json.loads(json.dumps(self.fixed))  # deep copy of plain data
-        config["task"] = self.task
-        config["model"] = {**config.get("model", {}), "name": self.model}
-        return config
-
     def space_hash(self) -> str:
         """Identifies the search space (not its name): repeated searches of one space share it."""
         body = self.model_dump(mode="json", exclude={"sampler": {"seed"}})
@@ -206,11 +199,7 @@ def load_search_space(path: str | Path) -> tuple[SearchSpace, Any]:
 
 def parse_search_space(text: str, source: str) -> tuple[SearchSpace, Any]:
     """Like ``load_search_space`` for a file's text (a resumed search reads its own copy)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(source, [("", f"not valid YAML: {err}")]) from None
-    return check_search_space(data, source)
+    return check_search_space(parse_yaml(text, source), source)
 
 
 def check_search_space(data: Any, path: str | Path) -> tuple[SearchSpace, Any]:
@@ -241,10 +230,12 @@ def _check_objectives_reported(space: SearchSpace, base, path) -> None:
     reported = set(metrics.TASK_METRICS[space.task])
     if not base.schedule.test:
         reported -= {m for m in reported if m.startswith("test/")}
-    if "model/compression_ratio" in space.objectives:
-        from hyperlab.training import parameter_count
+    if "model/compression_ratio" in space.objectives:  # sized without the data: no download here
+        from hyperlab.models import model_arguments, size_model
+        from hyperlab.training.config import DATA_FILLED_ARGS
 
-        if parameter_count(base).get("compression_ratio") is None:
+        placeholders = {key: 2 for key in DATA_FILLED_ARGS if key in model_arguments(space.model)}
+        if size_model({"name": space.model, **base.model.arguments(), **placeholders})["compression_ratio"] is None:
             reported.discard("model/compression_ratio")
     missing = [name for name in space.objectives if name not in reported]
     if missing:

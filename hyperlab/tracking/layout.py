@@ -12,8 +12,10 @@ One MLflow experiment per search name. In it:
   report, and tags linking the Ray trial id, the Optuna trial number and the checkpoint path.
 
 A trial's fidelity (``TAG_FIDELITY``) is one of ``complete`` (trained to the end: the run is
-FINISHED), ``partial`` (stopped early or pruned: KILLED) or ``failed`` (raised, diverged, worker
-lost, or infeasible: FAILED). Fronts are computed from complete trials only.
+FINISHED), ``partial`` (stopped early, or interrupted and never resumed: KILLED) or ``failed``
+(raised, diverged or lost its worker, after its retries: FAILED, with ``error.txt``). Fronts are
+computed from complete trials only. Configurations over the parameter budget never train and never
+get a run: they are failed trials of the Optuna study, with the reason as a user attribute.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ TAG_FIDELITY = "hyperlab.fidelity"         # "complete" | "partial" | "failed"
 TAG_TRIAL_ID = "hyperlab.ray_trial_id"
 TAG_OPTUNA_TRIAL = "hyperlab.optuna_trial"
 TAG_CHECKPOINT = "hyperlab.checkpoint"
-TAG_OUTCOME = "hyperlab.outcome"           # why a trial ended: "completed", "pruned", "diverged", "error", "over_budget", ...
+TAG_OUTCOME = "hyperlab.outcome"           # "completed", "stopped early", "interrupted", "diverged" or "error"
+TAG_RETRIES = "hyperlab.retries"           # how often the trial failed and was retried
+TAG_N_PARAMS_SIZED = "hyperlab.n_params_sized"  # the parameter count sized before training
+TAG_SPACE_HASH = "hyperlab.space_hash"     # the same search space (any seed, any name)
+TAG_STORAGE = "hyperlab.storage"           # where Ray keeps the search's experiment and checkpoints
+TAG_REFERENCE = "hyperlab.reference"       # JSON: the hypervolume's reference point, fixed per search
+TAG_DATASET = "data.dataset"               # the search's dataset (the training config's key)
 TAG_PARENT = "mlflow.parentRunId"
 
 ROLE_SEARCH = "search"
@@ -38,6 +46,7 @@ FIDELITIES = (COMPLETE, PARTIAL, FAILED)
 STATUS_OF_FIDELITY = {COMPLETE: "FINISHED", PARTIAL: "KILLED", FAILED: "FAILED"}
 
 SEARCH_SPACE_ARTIFACT = "search_space.yaml"
+ERROR_ARTIFACT = "error.txt"
 FRONT_TABLE_ARTIFACT = "pareto/front.csv"
 FRONT_PARQUET_ARTIFACT = "pareto/front.parquet"
 TRADEOFF_PNG_ARTIFACT = "pareto/tradeoff.png"

@@ -21,6 +21,7 @@ import pandas as pd
 
 from hyperlab.errors import UserError
 from hyperlab.tracking import layout
+from hyperlab.tracking.store import sqlite_path
 
 PAGE_SIZE = 50_000  # the most MlflowClient.search_runs returns per page from a SQL store
 
@@ -70,6 +71,18 @@ def read_search_meta(name: str, tracking_uri: str) -> SearchMeta:
                       end_time=_or_none(parent["end_time"]), tags=tags)
 
 
+def search_status(tracking_uri: str, name: str) -> str | None:
+    """The status of search ``name``'s parent run, or None when the store holds no such search
+    (a store that does not exist yet is not created)."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return None
+    try:
+        return read_search_meta(name, tracking_uri).status
+    except UserError:
+        return None
+
+
 def read_trials(name: str, tracking_uri: str) -> pd.DataFrame:
     """All trial runs of search ``name``, one row each (columns as in the module docstring)."""
     if name not in list_searches(tracking_uri):
@@ -94,7 +107,7 @@ def _or_none(value):
 
 
 def _runs_with_role(tracking_uri: str, experiment: str | None, role: str) -> pd.DataFrame:
-    db = _sqlite_path(tracking_uri)
+    db = sqlite_path(tracking_uri)
     if db is not None:
         if not db.is_file():
             raise UserError(f"no MLflow store at {db} (from tracking URI {tracking_uri})")
@@ -103,12 +116,6 @@ def _runs_with_role(tracking_uri: str, experiment: str | None, role: str) -> pd.
         except sqlite3.DatabaseError:
             pass  # a schema this reader does not know: MLflow's own client still reads it
     return _client_runs(tracking_uri, experiment, role)
-
-
-def _sqlite_path(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
 
 
 _RUNS_SQL = """
@@ -127,6 +134,7 @@ _CHILD_SQL = {  # (table, value expression) for the per-run key/value tables
 def _sqlite_runs(db: Path, experiment: str | None, role: str) -> pd.DataFrame:
     # read-only; waits up to 30 s for a writer's lock (a search logging trials meanwhile)
     with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+        conn.execute("BEGIN")  # one snapshot for all the queries below, whatever a writer does meanwhile
         conn.execute("CREATE TEMP TABLE selected (run_uuid TEXT PRIMARY KEY)")
         sql = _RUNS_SQL.format(and_experiment="AND e.name = ?" if experiment is not None else "")
         args = [layout.TAG_ROLE, role] + ([experiment] if experiment is not None else [])

@@ -18,13 +18,20 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (query string dropped); None for others."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?")[0])
+
+
 def init_store(uri: str) -> str:
     """Create the store's schema now, from one process, before anything writes concurrently
     (first-time initialisation of a sqlite store from several processes races)."""
     import mlflow
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if (db := sqlite_path(uri)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     return uri
 
@@ -32,11 +39,17 @@ def init_store(uri: str) -> str:
 def get_or_create_experiment(client, name: str, tags: dict[str, str] | None = None) -> str:
     """The experiment's id, creating it if needed. With a sqlite store the artifacts go beside the
     database (``<db dir>/artifacts/<name>``), not into ``./mlruns`` of whatever directory ran it."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment:
         return experiment.experiment_id
-    location = None
-    uri = client.tracking_uri
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location, tags=tags)
+    db = sqlite_path(client.tracking_uri)
+    location = (db.parent / "artifacts" / name).resolve().as_uri() if db is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+    except MlflowException:  # another process created it between the look-up and here
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id

@@ -90,9 +90,6 @@ class SearchWriter:
         self._runs[trial_id] = run.info.run_id
         return run.info.run_id
 
-    def run_id(self, trial_id: str) -> str | None:
-        return self._runs.get(trial_id)
-
     def log_metrics(self, trial_id: str, metrics: dict[str, Any], step: int) -> None:
         log_metrics(self.client, self._runs[trial_id], metrics, step)
 
@@ -103,7 +100,7 @@ class SearchWriter:
         run_id = self._runs[trial_id]
         self.set_tags(trial_id, {layout.TAG_FIDELITY: fidelity, layout.TAG_OUTCOME: outcome})
         if error:
-            self.client.log_text(run_id, error, "error.txt")
+            self.client.log_text(run_id, error, layout.ERROR_ARTIFACT)
         self.client.set_terminated(run_id, status=layout.STATUS_OF_FIDELITY[fidelity])
 
     def close_orphans(self, known_trial_ids: set[str]) -> int:
@@ -118,6 +115,12 @@ class SearchWriter:
         return closed
 
     # ---- the search's own series and files --------------------------------------------------------
+    def search_tag(self, key: str) -> str | None:
+        return self.client.get_run(self.parent_id).data.tags.get(key)
+
+    def set_search_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.parent_id, key, value)
+
     def log_search_metric(self, key: str, value: float, step: int) -> None:
         log_metrics(self.client, self.parent_id, {key: value}, step)
 
