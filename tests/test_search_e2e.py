@@ -133,6 +133,15 @@ def test_search_end_to_end(tmp_path):
     series = client.get_metric_history(parent.info.run_id, layout.HYPERVOLUME_METRIC)
     assert series[-1].step == 4 and all(a.value <= b.value for a, b in zip(series, series[1:]))
 
+    # resuming a finished search changes nothing; a new search may not take its name
+    again = hyperlab(tmp_path, "resume", "tiny", "--storage", str(tmp_path / "ray"))
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert len(runs_of(tmp_path, "tiny")[2]) == 4
+    taken = hyperlab(tmp_path, "search", str(TINY), "--name", "tiny", "--storage", str(tmp_path / "other"),
+                     "--tracking-uri", uri(tmp_path))
+    assert taken.returncode == 2 and "a search named 'tiny' already exists" in taken.stderr
+    assert not (tmp_path / "other").exists()
+
 
 def test_driver_killed_mid_search_resumes_without_duplicates(tmp_path):
     space = write_space(tmp_path, fixed__schedule__steps=60, fixed__schedule__eval_every=10, trials=4)
@@ -268,3 +277,16 @@ def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
     for m in history:
         by_step.setdefault(m.step, set()).add(round(m.value, 9))
     assert all(len(values) == 1 for values in by_step.values())  # and the repeat equals the original
+
+
+def test_quickstart_smoke_test(tmp_path):
+    """The README's quickstart search, shrunk by --smoke-test to two trials of a few steps."""
+    out = hyperlab(tmp_path, *search_args(tmp_path, ROOT / "search_spaces" / "quickstart.yaml", "qs"), "--smoke-test")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "mlflow ui --backend-store-uri" in out.stdout
+    client, _, trials = runs_of(tmp_path, "qs")
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    assert all(max(_history(client, r)) == 20 for r in trials)
+    from hyperlab.search.runner import read_manifest
+
+    assert read_manifest(str(tmp_path / "ray"), "qs")["smoke_test"] is True  # a resume shrinks it again
