@@ -151,3 +151,13 @@ def test_point_kinds_in_figures():
                        "fidelity": ["complete", "complete", "complete", "partial", "running", "complete"]})
     kinds = point_kinds(df, OBJECTIVES).tolist()
     assert kinds == ["front", "front", "dominated", "partial", "running", "failed"]
+
+
+def test_mnist_paper_counts_are_whole_model_counts_of_the_paper_architecture():
+    from hyperlab.analysis.paper import paper_table
+    from hyperlab.models import size_model
+
+    table = paper_table("mnist")
+    counts = dict(zip(table["model"], table["params"]))
+    assert counts["convnet, ordinary conv2"] == size_model({"name": "mnist_convnet", "hyper": False})["total"]
+    assert counts["convnet, generated conv2 Nz=4"] == size_model({"name": "mnist_convnet", "hyper": True})["total"]
