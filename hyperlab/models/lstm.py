@@ -25,12 +25,18 @@ def orthogonal_blocks_(weight: torch.Tensor, n_blocks: int = 4) -> None:
             nn.init.orthogonal_(block)
 
 
-def glorot_blocks_(weight: torch.Tensor, n_blocks: int = 4) -> None:
-    """Glorot-uniform initialisation per gate block: bound sqrt(6 / (H + N_in)) with H = rows/n_blocks."""
+def glorot_uniform_(weight: torch.Tensor) -> None:
+    """Glorot-uniform over the whole matrix, all gates together: bound sqrt(6 / (rows + cols)), e.g.
+    sqrt(6 / (4H + N_in)) for W_x (4H, N_in), as the paper's reference code (supercell.py) does."""
+    if weight.is_meta:  # size_model builds on the meta device: nothing to fill
+        return
     rows, cols = weight.shape
-    bound = math.sqrt(6.0 / (rows // n_blocks + cols))
+    bound = math.sqrt(6.0 / (rows + cols))
     with torch.no_grad():
         weight.uniform_(-bound, bound)
+
+
+glorot_blocks_ = glorot_uniform_  # the former name, still imported by hyperlstm.py
 
 
 class GateNorm(nn.Module):
@@ -76,7 +82,7 @@ def dropout_masks(like: torch.Tensor, size: int, p: float, training: bool) -> li
 class LSTMLayer(nn.Module):
     """One LSTM layer (optionally layer-normed, optionally with recurrent dropout) over a sequence.
 
-    Parameters: weight_x (4H, N_in) glorot, weight_h (4H, H) orthogonal per gate, bias (4H) zeros
+    Parameters: weight_x (4H, N_in) glorot over all gates, weight_h (4H, H) orthogonal per gate, bias (4H) zeros
     (absent when ``bias=False``), and with layer norm 10H more (per-gate gamma/beta and the cell's).
     """
 
@@ -89,7 +95,7 @@ class LSTMLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(4 * hidden_size)) if bias else None
         self.gate_norm = GateNorm(4, hidden_size) if layer_norm else None
         self.cell_norm = nn.LayerNorm(hidden_size, eps=LN_EPS) if layer_norm else None
-        glorot_blocks_(self.weight_x)
+        glorot_uniform_(self.weight_x)
         orthogonal_blocks_(self.weight_h)
 
     def step(self, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, candidate_mask=None):
@@ -171,12 +177,13 @@ def paper_torch_lstm(input_size: int, hidden_size: int, num_layers: int = 1,
     """A ``torch.nn.LSTM`` that is the paper's plain LSTM: one trainable bias, forget bias 1.
 
     torch keeps two biases; ``bias_hh`` is zeroed and frozen so the trainable count is 4H(N_in + H + 1).
-    Weights are initialised as in the paper (W_x glorot per gate, W_h orthogonal per gate). Note
+    Weights are initialised as in the paper's reference code (W_x glorot-uniform over all four gates,
+    W_h orthogonal per gate). Note
     torch's gate order is (i, f, g, o).
     """
     lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=batch_first)
     for n in range(num_layers):
-        glorot_blocks_(getattr(lstm, f"weight_ih_l{n}"))
+        glorot_uniform_(getattr(lstm, f"weight_ih_l{n}"))
         orthogonal_blocks_(getattr(lstm, f"weight_hh_l{n}"))
         bias_ih, bias_hh = getattr(lstm, f"bias_ih_l{n}"), getattr(lstm, f"bias_hh_l{n}")
         with torch.no_grad():
