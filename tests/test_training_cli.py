@@ -10,19 +10,18 @@ import torch
 import yaml
 
 from hyperlab.cli import main
+from hyperlab.tracking import runs
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "pipelines" / "quick_charlm.yaml"
 
 
+pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _private_cache_one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYPERLAB_CACHE_DIR", str(tmp_path / "derived"))
+def _no_tracking_uri_from_the_environment(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_train_then_sample(tmp_path):
@@ -75,3 +74,40 @@ def test_sample_of_an_unknown_run_is_a_user_error(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["sample", "0123456789abcdef", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
     assert "0123456789abcdef" in capsys.readouterr().err
+
+
+def test_an_out_folder_holding_an_earlier_runs_checkpoints_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "checkpoint-120").mkdir(parents=True)
+    (out / "checkpoint-120" / "model.pt").write_bytes(b"an earlier run's weights")
+    db = tmp_path / "store" / "mlflow.db"
+    assert main(["train", str(QUICK), "--tracking-uri", f"sqlite:///{db}", "--out", str(out)]) == 2
+    assert f"--out {out} holds checkpoints of an earlier run (checkpoint-120)" in capsys.readouterr().err
+    assert (out / "checkpoint-120" / "model.pt").read_bytes() == b"an earlier run's weights"
+    assert not db.parent.exists()  # refused before any run was created
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_on_a_machine_without_one_names_the_file_and_the_key(tmp_path, capsys):
+    config = yaml.safe_load(QUICK.read_text())
+    config["device"] = "cuda"
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    db = tmp_path / "store" / "mlflow.db"
+    assert main(["train", str(path), "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out")]) == 2
+    assert "gpu.yaml: device: 'cuda' requested but no CUDA device is available" in capsys.readouterr().err
+    assert not db.parent.exists()
+
+
+def test_log_metrics_keeps_finite_numbers_only():
+    class Client:
+        def __init__(self):
+            self.logged = []
+
+        def log_batch(self, run_id, metrics):
+            self.logged += [(m.key, m.value, m.step) for m in metrics]
+    client = Client()
+    runs.log_metrics(client, "run", {"step": 8, "train/loss": float("nan"), "val/bpc": 1.25, "test/bpc": float("inf"),
+                                     "model/n_params": 50751, "done": True, "outcome": "diverged",
+                                     "throughput": -float("inf")}, step=8)
+    assert client.logged == [("val/bpc", 1.25, 8), ("model/n_params", 50751.0, 8)]

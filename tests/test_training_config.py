@@ -97,3 +97,10 @@ def test_smoke_overrides_shrink_the_model_and_schedule():
     small = config.with_overrides(smoke_overrides(config, steps=4))
     assert small.model.arguments()["hidden_size"] == 32 and small.model.arguments()["hyper_size"] == 16
     assert (small.schedule.steps, small.schedule.eval_every, small.schedule.eval_batches) == (4, 2, 2)
+
+
+def test_a_builders_own_error_names_every_model_key_given():
+    data = {**BASE, "task": "classify", "data": {"dataset": "cifar10"},
+            "model": {"name": "wide_resnet", "depth": 10, "widen": 1.5, "hyper": True, "n_z": 4}}
+    assert _problems(data) == {"model": "'wide_resnet' rejected model.depth=10, model.widen=1.5, model.hyper=True, "
+                                        "model.n_z=4: channels 24.0x16 are not a multiple of the 16x16 tile"}

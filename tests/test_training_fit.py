@@ -19,13 +19,7 @@ from hyperlab.training.charlm import CharLMTask
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far"]
 
 
-@pytest.fixture(autouse=True)
-def _private_cache_one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYPERLAB_CACHE_DIR", str(tmp_path / "derived"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: extra threads only wait on each other
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 
 
 def write_text(path, n_chars: int, seed: int = 0) -> str:
@@ -153,6 +147,64 @@ def test_a_poisoned_batch_ends_the_run_as_diverged(tmp_path, monkeypatch, poison
     assert not math.isfinite(result["train/loss"]) and "val/bpc" not in result
     assert reports[-1] == (result, None)  # reported, with no checkpoint of the broken weights
     assert checkpoint.latest(tmp_path / "run") is None
+
+
+def test_resuming_from_the_final_checkpoint_reports_the_final_metrics_again(tmp_path):
+    config = char_config(write_text(tmp_path / "t.txt", 4000))  # 12 steps, evaluated at 4, 8, 12
+    reports = []
+    result = fit(config, lambda m, p: reports.append((m, p)), workdir=tmp_path / "run")
+    final = tmp_path / "run" / "checkpoint-12"
+    assert reports[-1] == (result, final) and result["outcome"] == "completed"
+    assert result["train/loss"] > 1.0 and result["throughput"] > 0 and result["time/elapsed"] > 0
+
+    again = []
+    resumed = fit(config, lambda m, p: again.append((m, p)), workdir=tmp_path / "run", resume_from=final)
+    assert resumed == result and again == [(result, final)]  # every key: losses, throughput, time, test/bpc
+    elsewhere = []
+    moved = fit(config, lambda m, p: elsewhere.append((m, p)), workdir=tmp_path / "other", resume_from=final)
+    assert moved == result and elsewhere == [(result, tmp_path / "other" / "checkpoint-12")]
+    a, b = (checkpoint.load_model_state(path / "checkpoint-12") for path in (tmp_path / "run", tmp_path / "other"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("split, poison, caught_at, kept", [
+    ("valid", float("nan"), 8, 4),    # the second validation
+    ("test", float("inf"), 12, 8),    # the test evaluation at the end
+])
+def test_a_non_finite_evaluation_with_a_finite_loss_ends_the_run_as_diverged(
+        tmp_path, monkeypatch, split, poison, caught_at, kept):
+    config = char_config(write_text(tmp_path / "t.txt", 4000))  # 12 steps, evaluated at 4, 8, 12
+    clean, calls = CharLMTask.evaluate, []
+
+    def poisoned(self, model, which, max_batches=None):
+        scores = clean(self, model, which, max_batches)
+        calls.append(which)
+        if which == split and calls.count(split) == (2 if split == "valid" else 1):
+            return {key: poison for key in scores}  # what NaN weights' outputs would give
+        return scores
+    monkeypatch.setattr(CharLMTask, "evaluate", poisoned)
+    reports = []
+    result = fit(config, lambda m, p: reports.append((m, p)), workdir=tmp_path / "run")
+    metric = "val/bpc" if split == "valid" else "test/bpc"
+    assert result["outcome"] == "diverged" and result["done"] is True and result["step"] == caught_at
+    assert math.isfinite(result["train/loss"]) and not math.isfinite(result[metric])
+    assert [m["step"] for m, _ in reports] == [4, 8, 12][:caught_at // 4]
+    assert reports[-1] == (result, None)  # reported, with no checkpoint of the broken weights
+    assert checkpoint.latest(tmp_path / "run") == tmp_path / "run" / f"checkpoint-{kept}"
+
+
+def test_a_save_clears_what_a_crash_left_behind_and_nothing_else(tmp_path):
+    workdir = tmp_path / "run"
+    first = checkpoint.save(workdir, 8, {"w": torch.zeros(2)}, {"step": 8}, {"seed": 0})
+    aside = workdir / ".checkpoint-8.old.tmp"  # a crash between moving the old copy aside and deleting it
+    aside.mkdir()
+    (aside / "model.pt").write_bytes(b"stale")
+    (workdir / ".checkpoint-12.k2x9.tmp").mkdir()  # a crash while writing
+    (workdir / "notes.tmp").write_text("the user's")
+    again = checkpoint.save(workdir, 8, {"w": torch.ones(2)}, {"step": 8}, {"seed": 0})
+    assert again == first and sorted(p.name for p in workdir.iterdir()) == ["checkpoint-8", "notes.tmp"]
+    assert torch.equal(checkpoint.load_model_state(again)["w"], torch.ones(2))
+    assert checkpoint.checkpoints(workdir) == [again]
 
 
 def test_checkpoints_appear_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -5,32 +5,15 @@ Each needs the shared data (``$HYPERLAB_SHARED_DATA`` or ``../shared/data``) and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from hyperlab.config_io import load_yaml
 from hyperlab.training import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
-
-
-def shared_data(folder: str) -> str:
-    root = Path(os.environ.get("HYPERLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (root / folder).is_dir():
-        pytest.skip(f"{folder} not found under $HYPERLAB_SHARED_DATA or ../shared/data")
-    return str(root)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _train(pipeline: str, data_dir: str, tmp_path: Path, **overrides) -> dict:
@@ -38,8 +21,8 @@ def _train(pipeline: str, data_dir: str, tmp_path: Path, **overrides) -> dict:
     return fit(config, workdir=tmp_path / Path(pipeline).stem, data_dir=data_dir)
 
 
-def test_hyperlstm_beats_lstm_of_the_same_width_on_char_ptb(tmp_path):
-    data = shared_data("ptb")
+def test_hyperlstm_beats_lstm_of_the_same_width_on_char_ptb(tmp_path, shared_data):
+    data = str(shared_data("ptb"))
     short = {"schedule.steps": 400, "schedule.eval_every": 400, "schedule.eval_batches": 30,
              "schedule.test": False}
     hyper = _train("ptb_small_hyperlstm.yaml", data, tmp_path, **short)
@@ -48,8 +31,8 @@ def test_hyperlstm_beats_lstm_of_the_same_width_on_char_ptb(tmp_path):
     assert hyper["model/n_params"] > lstm["model/n_params"]
 
 
-def test_hyper_mnist_net_is_smaller_and_nearly_as_accurate(tmp_path):
-    data = shared_data("mnist")
+def test_hyper_mnist_net_is_smaller_and_nearly_as_accurate(tmp_path, shared_data):
+    data = str(shared_data("mnist"))
     short = {"schedule.steps": 110, "schedule.eval_every": 110}  # two epochs of 55 batches of 1000
     hyper = _train("mnist_hyper.yaml", data, tmp_path, **short)
     plain = _train("mnist_conv.yaml", data, tmp_path, **short)

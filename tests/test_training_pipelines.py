@@ -7,12 +7,10 @@ absent there, a small generated stand-in of the same kind replaces it (and the t
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hyperlab.config_io import load_yaml
 from hyperlab.errors import UserError
@@ -24,19 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
 
 
-def shared_data() -> Path | None:
-    folder = Path(os.environ.get("HYPERLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return folder if folder.is_dir() else None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _session_cache_one_thread(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HYPERLAB_CACHE_DIR", str(tmp_path_factory.mktemp("derived")))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 
 
 def test_the_shipped_pipelines_are_all_here():
@@ -45,10 +31,10 @@ def test_the_shipped_pipelines_are_all_here():
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
-def test_pipeline_trains_shrunk(path, tmp_path):
+def test_pipeline_trains_shrunk(path, tmp_path, shared_data):
     config = load_yaml(TrainConfig, path)
     config = config.with_overrides(smoke_overrides(config, steps=4))
-    data_dir, stand_in = _data_for(config, tmp_path)
+    data_dir, stand_in = _data_for(config, shared_data.root, tmp_path)
     if stand_in is not None:
         config = config.with_overrides({"data.dataset": stand_in, "data.batch_size": 8})
     reports = []
@@ -60,19 +46,16 @@ def test_pipeline_trains_shrunk(path, tmp_path):
     assert (test_metric in result) == config.schedule.test
 
 
-def test_paper_scale_pipelines_have_the_papers_parameter_counts():
-    data = shared_data()
-    if data is None or not (data / "ptb").is_dir():
-        pytest.skip("char-PTB not found under $HYPERLAB_SHARED_DATA or ../shared/data")
+def test_paper_scale_pipelines_have_the_papers_parameter_counts(shared_data):
+    data = shared_data("ptb")
     counts = {name: parameter_count(load_yaml(TrainConfig, REPO / "pipelines" / name), str(data))
               for name in ("ptb_hyperlstm.yaml", "ptb_lstm.yaml")}
     assert counts["ptb_hyperlstm.yaml"]["total"] == 4_923_154  # PAPER.md: 4.92M (LN HyperLSTM 1000)
     assert counts["ptb_lstm.yaml"]["total"] == 4_254_050  # 4.25M (LSTM 1000)
 
 
-def _data_for(config: TrainConfig, tmp_path: Path) -> tuple[str | None, str | None]:
-    """(data directory, stand-in dataset or None): the real data when the shared copy has it."""
-    data = shared_data()
+def _data_for(config: TrainConfig, data: Path | None, tmp_path: Path) -> tuple[str | None, str | None]:
+    """(data directory, stand-in dataset or None): the real data when the shared copy ``data`` has it."""
     if data is not None:
         try:
             data_arguments(config.task, config.data.dataset, str(data))

@@ -49,14 +49,17 @@ def log_params(mlflow_client, run_id: str, flat: Mapping[str, Any]) -> None:
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The entries MLflow can store as metrics: numbers, not bools (``done``) nor strings (``outcome``)
-    nor the ``step`` itself."""
+    """The entries MLflow should store as metrics: finite numbers. Left out: bools (``done``),
+    strings (``outcome``), the ``step`` itself, and NaN and infinities (a diverged run's loss is told
+    by its outcome tag, not by a NaN point that breaks every plot and comparison of the series)."""
     return {key: float(value) for key, value in metrics.items()
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)}
 
 
 def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
-    """Log the numeric entries of one report at ``step`` (NaN and infinities are kept)."""
+    """Log the finite numeric entries of one report at ``step`` (see ``numeric_metrics``: bools,
+    strings, NaN and infinities are dropped), in as few calls as MLflow allows."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)

@@ -10,7 +10,7 @@ import yaml
 
 from hyperlab.config_io import load_yaml
 from hyperlab.errors import ConfigError, UserError
-from hyperlab.training.config import TrainConfig
+from hyperlab.training.config import TrainConfig, builder_rejection
 
 EXPERIMENT = "hyperlab-train"
 TAG_PIPELINE = "hyperlab.pipeline"
@@ -24,6 +24,9 @@ def train(args: argparse.Namespace) -> int:
 
     config = load_yaml(TrainConfig, args.file)  # a bad config stops here, before anything is created
     sizes = _sizes(config, args.file, args.data_dir)
+    _check_device(config, args.file)
+    if args.out:
+        _check_out_folder(Path(args.out))
     client = runs.client(init_store(resolve_tracking_uri(args.tracking_uri)))
     stem = Path(args.file).stem
     run_id = runs.start_run(client, EXPERIMENT, run_name=stem, tags={TAG_PIPELINE: stem})
@@ -56,7 +59,28 @@ def _sizes(config: TrainConfig, file: str, data_dir: str | None) -> dict:
     except ConfigError as err:  # the model names the key; add the file
         raise ConfigError(file, err.problems) from None
     except (ValueError, TypeError) as err:
-        raise ConfigError(file, [("model", str(err))]) from None
+        rejection = builder_rejection(config.model.name, config.model.arguments(), err)
+        raise ConfigError(file, [("model", rejection)]) from None
+
+
+def _check_device(config: TrainConfig, file: str) -> None:
+    from hyperlab.training.loop import resolve_device
+
+    try:
+        resolve_device(config.device)
+    except ConfigError as err:
+        raise ConfigError(file, err.problems) from None
+
+
+def _check_out_folder(out: Path) -> None:
+    """A new run writes its checkpoints to ``out`` and deletes older ones there: refuse a folder that
+    holds another run's checkpoints (every ``hyperlab train`` is a new run)."""
+    from hyperlab.training.checkpoint import checkpoints
+
+    found = checkpoints(out)
+    if found:
+        raise UserError(f"--out {out} holds checkpoints of an earlier run ({', '.join(p.name for p in found)}), "
+                        "which this run would delete; choose an empty folder or remove them")
 
 
 def _fit_with_progress(config, client, run_id, workdir, data_dir, fit):
@@ -112,14 +136,14 @@ def sample(args: argparse.Namespace) -> int:
         if config.task != "charlm":
             raise UserError(f"run {args.run_id} trained a {config.task!r} model; sample needs a char model")
         model = load_model(checkpoint_dir, config, data_dir)
-    text, activity = generate(model, corpus(config.data.dataset, data_dir), args.length,
-                              args.temperature, args.primer, args.seed)
+    generated = generate(model, corpus(config.data.dataset, data_dir), args.length,
+                         args.temperature, args.primer, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sample.txt").write_text(args.primer + text)
+    (out / "sample.txt").write_text(args.primer + generated.text, encoding="utf-8")
     print(f"wrote {out / 'sample.txt'}")
-    if activity is None:
+    if generated.activity is None:
         print("the model has no hyper cell: no activity figure")
-    else:
-        print(f"wrote {activity_figure(text, activity, out / 'activity.png')}")
+    else:  # one cell per token: a byte-level model's multi-byte characters span several
+        print(f"wrote {activity_figure(generated.tokens, generated.activity, out / 'activity.png')}")
     return 0

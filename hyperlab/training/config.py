@@ -59,9 +59,9 @@ class ModelSection(StrictModel):
         if not bad:  # the builder's own messages already quote the value: "value_error" adds no "(got ...)"
             bad, kind = _build_problems(self.name, given, arguments), "value_error"
         if bad:
-            raise ValidationError.from_exception_data("model", [
+            raise ValidationError.from_exception_data("model", [  # key "": the model section as a whole
                 InitErrorDetails(type=PydanticCustomError(kind, msg) if msg else "missing",
-                                 loc=(key,), input=given.get(key)) for key, msg in bad])
+                                 loc=(key,) if key else (), input=given.get(key)) for key, msg in bad])
         return self
 
     def arguments(self) -> dict[str, Any]:
@@ -80,9 +80,16 @@ def _build_problems(name: str, given: dict[str, Any], arguments: dict[str, Any])
     except ConfigError as err:
         return [(key.removeprefix("model."), msg.replace("{", "(").replace("}", ")"))
                 for key, msg in err.problems]
-    except (TypeError, ValueError) as err:
-        return [(next(iter(given), "name"), f"rejected by model {name!r}: {err}")]
+    except (TypeError, ValueError) as err:  # the builder's own message; which key it means is unknown
+        return [("", builder_rejection(name, given, err))]
     return []
+
+
+def builder_rejection(name: str, given: dict[str, Any], err: Exception) -> str:
+    """A builder's TypeError/ValueError as a config problem: its message and every model key given
+    (the builder does not say which one it means)."""
+    keys = ", ".join(f"model.{key}={value!r}" for key, value in given.items()) or "no arguments"
+    return f"{name!r} rejected {keys}: {err}"
 
 
 class OptimSection(StrictModel):

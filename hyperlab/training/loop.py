@@ -21,12 +21,15 @@ DIVERGENCE_CHECK_EVERY = 100  # steps between finiteness checks between evaluati
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+    """``auto`` -> cuda when available, else cpu. A device this machine lacks is a ConfigError on
+    the key ``device`` (the caller adds the file)."""
+    from hyperlab.errors import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        from hyperlab.errors import UserError
-        raise UserError("device: cuda requested but no CUDA device is available")
+        raise ConfigError(None, [("device", "'cuda' requested but no CUDA device is available here; "
+                                            "expected 'auto' or 'cpu'")])
     return torch.device(name)
 
 
@@ -103,12 +106,14 @@ class _Window:
 def fit(config: TrainConfig, report: Report | None = None, *, workdir: str | Path,
         data_dir: str | None = None, resume_from: str | Path | None = None,
         on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Train ``config`` to the end (or until the loss diverges); return the final metrics plus
+    """Train ``config`` to the end (or until it diverges); return the final metrics plus
     ``outcome`` ("completed" or "diverged").
 
     At every evaluation (every ``schedule.eval_every`` steps and at the end) a checkpoint is written
     atomically under ``workdir`` (the latest only) and ``report(metrics, checkpoint_dir)`` is called.
-    ``resume_from`` (a checkpoint directory) continues exactly where that run stopped.
+    A non-finite training loss or validation/test metric ends the run as "diverged", reported with
+    no checkpoint. ``resume_from`` (a checkpoint directory) continues exactly where that run stopped;
+    from the final checkpoint, the run's final metrics are reported again as they were.
     ``on_step(step)``, if given, is called after every optimiser step (for progress bars).
     """
     trainer = _Trainer(config, Path(workdir), data_dir)
@@ -131,6 +136,8 @@ class _Trainer:
         self.model_metrics = model_metrics(parameter_report(self.model))
         self.window = _Window(self.device)
         self.step, self.elapsed_before, self.started = 0, 0.0, time.perf_counter()
+        self.resumed_from: Path | None = None
+        self.last_metrics: dict[str, Any] | None = None  # of the checkpoint resumed from
 
     def restore(self, path: Path) -> None:
         self.model.load_state_dict(checkpoint.load_model_state(path, self.device))
@@ -140,12 +147,13 @@ class _Trainer:
         self.window.load_state_dict(state["window"])
         self.step, self.elapsed_before = state["step"], state["elapsed"]
         checkpoint.set_rng_state(state["rng"])
+        self.resumed_from, self.last_metrics = path, state.get("metrics")
 
     def run(self, report: Report, on_step: Callable[[int], None] | None) -> dict[str, Any]:
         schedule, clip = self.config.schedule, self.config.optim.clip
         check_every = min(schedule.eval_every, DIVERGENCE_CHECK_EVERY)
-        if self.step >= schedule.steps:  # resumed from the final checkpoint: evaluate again only
-            return self._evaluate(report)
+        if self.step >= schedule.steps:  # resumed from the final checkpoint: nothing left to train
+            return self._report_final_again(report)
         self.model.train()
         self.window.started = time.perf_counter()
         while self.step < schedule.steps:
@@ -164,39 +172,55 @@ class _Trainer:
                 if metrics.get("outcome") == "diverged":
                     return metrics
             elif self.step % check_every == 0 and not torch.isfinite(self.window.loss_sum).item():
-                return self._diverged(report, *self.window.close())
+                train_loss, throughput = self.window.close()
+                return self._diverged(report, {"train/loss": train_loss, "throughput": throughput})
         return metrics
 
     def _evaluate(self, report: Report) -> dict[str, Any]:
         train_loss, throughput = self.window.close()
         if not math.isfinite(train_loss):
-            return self._diverged(report, train_loss, throughput)
+            return self._diverged(report, {"train/loss": train_loss, "throughput": throughput})
         final = self.step >= self.config.schedule.steps
         self.model.eval()
-        metrics = {"step": self.step, "train/loss": train_loss,
-                   **self.task.evaluate(self.model, "valid", self.config.schedule.eval_batches)}
+        scores = self.task.evaluate(self.model, "valid", self.config.schedule.eval_batches)
         if final and self.config.schedule.test:
-            metrics.update(self.task.evaluate(self.model, "test"))
+            scores.update(self.task.evaluate(self.model, "test"))
         self.model.train()
-        metrics.update({"throughput": throughput, "time/elapsed": self._elapsed(), **self.model_metrics})
+        metrics = {"step": self.step, "train/loss": train_loss, **scores, "throughput": throughput}
+        if not all(math.isfinite(value) for value in scores.values()):  # a finite loss, NaN weights' outputs
+            return self._diverged(report, metrics)
+        metrics.update({"time/elapsed": self._elapsed(), **self.model_metrics})
         if final:
             metrics.update({"done": True, "outcome": "completed"})
-        self.window = _Window(self.device)  # the next window starts empty; saved so
-        path = self._save()
+        self.window = _Window(self.device)  # the next window starts empty, and is saved so
+        path = self._save(metrics)
         report(metrics, path)
         self.window.started = time.perf_counter()  # throughput counts training time only
         return metrics
 
-    def _diverged(self, report: Report, train_loss: float, throughput: float) -> dict[str, Any]:
-        metrics = {"step": self.step, "train/loss": train_loss, "throughput": throughput,
-                   "time/elapsed": self._elapsed(), **self.model_metrics, "done": True, "outcome": "diverged"}
+    def _report_final_again(self, report: Report) -> dict[str, Any]:
+        """Resumed at the end: report the metrics stored with the final checkpoint (an evaluation
+        now would see an empty training window and no training time)."""
+        if self.last_metrics is None:  # a checkpoint written before metrics were stored with it
+            return self._evaluate(report)
+        in_workdir = self.resumed_from.resolve().parent == self.workdir.resolve()
+        path = self.resumed_from if in_workdir else self._save(self.last_metrics)
+        report(dict(self.last_metrics), path)
+        return dict(self.last_metrics)
+
+    def _diverged(self, report: Report, measured: dict[str, Any]) -> dict[str, Any]:
+        """End the run: ``measured`` (train/loss, throughput, maybe evaluation metrics) reported with
+        no checkpoint of the broken weights."""
+        metrics = {"step": self.step, **measured, "time/elapsed": self._elapsed(), **self.model_metrics,
+                   "done": True, "outcome": "diverged"}
         report(metrics, None)
         return metrics
 
-    def _save(self) -> Path:
+    def _save(self, metrics: dict[str, Any]) -> Path:
         trainer_state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                          "rng": checkpoint.rng_state(), "task": self.task.state_dict(),
-                         "window": self.window.state_dict(), "elapsed": self._elapsed()}
+                         "window": self.window.state_dict(), "elapsed": self._elapsed(),
+                         "metrics": metrics}
         return checkpoint.save(self.workdir, self.step, self.model.state_dict(), trainer_state,
                                self.config.model_dump(mode="json"))
 
