@@ -74,7 +74,8 @@ def test_shared_cifar10_folder_reads_pngs_with_csv_labels_and_a_zip_of_class_fol
     assert [len(s[0]) for s in (ds.train, ds.valid, ds.test)] == [180, 20, 10_000]
     assert ds.class_names[6] == "frog" and ds.train[1][:5].tolist() == [6, 9, 9, 4, 1]  # trainLabels.csv
     assert np.bincount(ds.test[1]).tolist() == [1000] * 10
-    first = np.asarray(Image.open(shared_data("cifar10") / "cifar10" / "train_first200" / "train" / "1.png").convert("RGB"))
+    png = shared_data("cifar10") / "cifar10" / "train_first200" / "train" / "1.png"
+    first = np.asarray(Image.open(png).convert("RGB"))
     assert np.array_equal(ds.train[0][0], first)  # lossless PNG, read in file-number order
 
 
