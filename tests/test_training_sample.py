@@ -14,12 +14,12 @@ from hyperlab.models import build_model
 from hyperlab.training import activity_figure, sample
 from hyperlab.training.generate import token_strings
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HYPERLAB_CACHE_DIR", str(tmp_path_factory.mktemp("derived")))
-        return load_corpus("bundled")
+
+@pytest.fixture
+def corpus(private_cache):
+    return load_corpus("bundled")
 
 
 def char_model(corpus, cell: str = "ln_hyperlstm", num_layers: int = 2):
@@ -80,18 +80,15 @@ def test_activity_figure_writes_a_png(tmp_path, corpus):
         activity_figure(tokens, activity[:-1], tmp_path / "bad.png")
 
 
-@pytest.fixture(scope="module")
-def byte_corpus(tmp_path_factory):
+@pytest.fixture
+def byte_corpus(tmp_path, private_cache):
     """An enwik8 stand-in: bytes of text with two- and three-byte UTF-8 characters."""
-    folder = tmp_path_factory.mktemp("data")
     words = ["<page>", "Zürich", "naïve", "東京", "&amp;", "\n"]
     payload = " ".join(words[k] for k in np.random.default_rng(0).integers(0, 6, 1500)).encode()
-    (folder / "enwik8").mkdir()
-    with zipfile.ZipFile(folder / "enwik8" / "enwik8.zip", "w") as archive:
+    (tmp_path / "data" / "enwik8").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "data" / "enwik8" / "enwik8.zip", "w") as archive:
         archive.writestr("enwik8", payload)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HYPERLAB_CACHE_DIR", str(tmp_path_factory.mktemp("derived")))
-        return load_corpus("enwik8", folder)
+    return load_corpus("enwik8", tmp_path / "data")
 
 
 def test_byte_tokens_show_each_character_on_its_first_byte(byte_corpus):
