@@ -13,7 +13,8 @@ from hyperlab.search.searcher import COMPLETE_KEY, N_PARAMS_KEY, OPTUNA_TRIAL_KE
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the trial fails with this reason (and is retried as configured)."""
+    """The training loss or an evaluation metric became NaN or infinite: the trial fails with this
+    reason (and is retried as configured)."""
 
 
 def trial_overrides(config: dict) -> dict:
@@ -52,7 +53,8 @@ def train_trial(config: dict, *, base_config, objectives: tuple[str, ...], data_
             result = fit(train_config, report, workdir=workdir, data_dir=data_dir,
                          resume_from=Path(resume_from))
     if result.get("outcome") == "diverged":
-        raise TrainingDiverged(f"loss became {result.get('train/loss')} at step {result.get('step')}")
+        values = {k: v for k, v in result.items() if k.startswith(("train/", "val/", "test/"))}
+        raise TrainingDiverged(f"diverged at step {result.get('step')}: {values}")
 
 
 def _reportable(value: Any) -> bool:

@@ -6,18 +6,14 @@ resumed search finds its runs again instead of duplicating them."""
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import RunTag
 
-from hyperlab.tracking import layout
+from hyperlab.tracking import layout, runs
 from hyperlab.tracking.store import get_or_create_experiment
-
-_MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
 
 
 class SearchWriter:
@@ -45,7 +41,7 @@ class SearchWriter:
             **tags, layout.TAG_SEARCH: self.name, layout.TAG_ROLE: layout.ROLE_SEARCH,
             layout.TAG_OBJECTIVES: json.dumps(self.objectives)})
         self.parent_id = run.info.run_id
-        self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in params.items()])
+        runs.log_params(self.client, self.parent_id, params)
         for artifact_name, text in artifacts.items():
             self.client.log_text(self.parent_id, text, artifact_name)
         return self.parent_id
@@ -86,12 +82,12 @@ class SearchWriter:
         run = self.client.create_run(self.experiment_id, run_name=f"{self.name}/{trial_id}", tags={
             **tags, layout.TAG_PARENT: self.parent_id, layout.TAG_SEARCH: self.name,
             layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_TRIAL_ID: trial_id})
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        runs.log_params(self.client, run.info.run_id, params)
         self._runs[trial_id] = run.info.run_id
         return run.info.run_id
 
     def log_metrics(self, trial_id: str, metrics: dict[str, Any], step: int) -> None:
-        log_metrics(self.client, self._runs[trial_id], metrics, step)
+        runs.log_metrics(self.client, self._runs[trial_id], metrics, step)
 
     def set_tags(self, trial_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(self._runs[trial_id], tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -122,16 +118,7 @@ class SearchWriter:
         self.client.set_tag(self.parent_id, key, value)
 
     def log_search_metric(self, key: str, value: float, step: int) -> None:
-        log_metrics(self.client, self.parent_id, {key: value}, step)
+        runs.log_metrics(self.client, self.parent_id, {key: value}, step)
 
     def log_search_artifacts(self, directory: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.parent_id, str(directory), artifact_path)
-
-
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], step: int) -> None:
-    """Log the finite numeric entries of ``metrics`` at ``step`` in as few calls as MLflow allows."""
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and math.isfinite(v)]
-    for start in range(0, len(batch), _MAX_BATCH):
-        client.log_batch(run_id, metrics=batch[start:start + _MAX_BATCH])
