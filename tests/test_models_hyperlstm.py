@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyperlab.models import HyperLSTM, HyperLSTMCell, LayerNormLSTM, LSTM, paper_torch_lstm
+from hyperlab.models import HyperLSTM, HyperLSTMCell, LayerNormLSTM, LSTM, hyperlstm_fused, paper_torch_lstm
 
 
 @pytest.fixture(autouse=True)
@@ -179,10 +179,14 @@ def test_cell_rejects_wrong_input_width():
         HyperLSTM(4, 6)(torch.randn(3, 2, 5))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_sequence_equals_eager_reference(dtype):
+@pytest.mark.parametrize("dtype,scratch_bytes", [(torch.float32, None), (torch.float64, None), (torch.float64, 1),
+                                                 (torch.float64, 7000)])
+def test_fused_sequence_equals_eager_reference(dtype, scratch_bytes, monkeypatch):
     """The hand-written backward (HyperLSTMSequence) against autograd through the eager loop:
-    outputs, final states and every gradient, with recurrent dropout on (same masks) and 2 layers."""
+    outputs, final states and every gradient, with recurrent dropout on (same masks) and 2 layers.
+    ``scratch_bytes`` shrinks the backward's chunks: one step each (1), 2 steps and a last one of 1 (7000)."""
+    if scratch_bytes is not None:
+        monkeypatch.setattr(hyperlstm_fused._Backward, "SCRATCH_BYTES", scratch_bytes)
     torch.manual_seed(7)
     model = HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2, dropout=0.3).to(dtype)
     _perturb(model)

@@ -1,21 +1,28 @@
 """A whole HyperLSTM layer sequence (without layer norm) as one autograd Function with a hand-written
 backward. ``HyperLSTMCell``'s eager loop is the readable reference; tests check outputs and gradients agree.
 
-Why it is fast: no autograd graph per step; every buffer is written in place; buffers are laid out
-(T, features, B), so that a step is a contiguous (features, B) block: gates and the twelve scaling
-vectors (12, H, B) multiply without transposes or strided access. W_x x is one batched product for all
-steps, and every weight gradient one product over all T·B columns after the loop (accumulating them
-step by step, with only B = 32 columns a product, measured slower).
+Why it is fast: no autograd graph per step; every buffer is written in place; a step works on contiguous
+(features, B) blocks, so gates and the twelve scaling vectors (12, H, B) multiply without transposes.
+What does not depend on the recurrence is batched: W_x x and the hyper cell's x-part are one product
+before the loop; the backward's input gradient and weight gradients are one product per chunk of steps.
+Per step, W_h and the hyper cell's h-part are one product ([W_h ; Ŵ_h] h), forward and backward. The
+forward's weights carry the candidate's factor 2 and the forget gate's +1 (see ``fused_cell``), which
+saves two passes per cell and step. Measured with torch.profiler and per-line CPU times: at the
+benchmark's size the products are about two thirds of the time, per-step elementwise work the rest.
 
-Buffers: acts (T, 4N, B) hold the gate activations (σ(i), tanh(g), σ(f+1), σ(o)), tanh_c (T, N, B) the
-cell's tanh; hs, cs, hyper_hs, hyper_cs (T+1, N, B) start with the initial state.
+Buffers (forward): x_proj (T, 4H + 4Ĥ, B) = [W_x x ; Ŵ_x x + b̂]; states (T+1, H + Ĥ, B) = [h ; ĥ] and cs,
+hyper_cs (T+1, ·, B) start with the initial state; acts (T, 4N, B) hold the gate activations (σ(i),
+tanh(g), σ(f+1), σ(o)), tanh_c (T, N, B) the cell's tanh.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+
 import torch
 
-from hyperlab.models.fused_cell import cell_backward, cell_forward, mm
+from hyperlab.models.fused_cell import cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add
 
 
 class HyperLSTMSequence(torch.autograd.Function):
@@ -32,74 +39,63 @@ class HyperLSTMSequence(torch.autograd.Function):
                 hyper_bias, weight_z, z_bias, weight_scale, masks):
         steps, batch, n_x = x.shape
         hidden, hyper, (n_emb, n_z) = h0.shape[1], hyper_h0.shape[1], weight_scale.shape[:2]
-        x_main = torch.matmul(weight_x, x.transpose(1, 2))  # (T, 4H, B): W_x x for all steps at once
-        x_hyper = torch.matmul(hyper_weight_x[:, :n_x], x.transpose(1, 2)).add_(hyper_bias.unsqueeze(1))
-        hyper_from_h = hyper_weight_x[:, n_x:].contiguous()  # (4Ĥ, H): the hyper cell reads h_{t-1} too
+        weight_h_cat, hyper_weight_h_fwd, weight_x_cat, hyper_x_bias, scale_t, gate_bias = _forward_weights(
+            weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, hyper_bias, weight_scale)
+        x_proj = torch.matmul(weight_x_cat, x.transpose(1, 2))  # (T, 4H + 4Ĥ, B): [W_x x ; Ŵ_x x]
+        x_proj[:, 4 * hidden:] += hyper_x_bias
         masks = None if masks is None else masks.transpose(1, 2).contiguous()  # (T, H, B)
-        new = x.new_empty
-        hs, cs, tanh_c, acts = (new(steps + 1, hidden, batch), new(steps + 1, hidden, batch),
-                                new(steps, hidden, batch), new(steps, 4 * hidden, batch))
-        hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts = (new(steps + 1, hyper, batch), new(steps + 1, hyper, batch),
-                                                        new(steps, hyper, batch), new(steps, 4 * hyper, batch))
-        zs, d, gates, h_projs = new(steps, n_emb * n_z, batch), new(n_emb, hidden, batch), new(4 * hidden, batch), []
-        hs[0], cs[0], hyper_hs[0], hyper_cs[0] = h0.t(), c0.t(), hyper_h0.t(), hyper_c0.t()
-        bias, z_bias = bias.unsqueeze(1), z_bias.unsqueeze(1)
-        scale_t = weight_scale.transpose(1, 2).contiguous()  # (12, H, N_z)
+        buffers = _forward_buffers(x, hidden, hyper, n_emb * n_z)
+        states, cs, hyper_cs, tanh_c, acts, hyper_tanh_c, hyper_acts, zs = buffers
+        states[0, :hidden], states[0, hidden:], cs[0], hyper_cs[0] = h0.t(), hyper_h0.t(), c0.t(), hyper_c0.t()
+        d, h_projs = x.new_empty(n_emb, hidden, batch), []
+        d_x, d_h, d_b = d.view(3, 4 * hidden, batch)
+        z_bias = z_bias.unsqueeze(1)
         for t in range(steps):
-            pre = mm(hyper_from_h, hs[t]).add_(x_hyper[t]).addmm_(hyper_weight_h, hyper_hs[t])  # (4Ĥ, B)
-            cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_hs[t + 1])
-            torch.addmm(z_bias, weight_z, hyper_hs[t + 1], out=zs[t])                   # (12 N_z, B)
-            torch.bmm(scale_t, zs[t].view(n_emb, n_z, batch), out=d)  # (12, H, B); recomputed in backward
-            h_projs.append(mm(weight_h, hs[t]))                                         # (4H, B)
-            d_x, d_h, d_b = d.view(3, 4 * hidden, batch)
-            torch.mul(h_projs[t], d_h, out=gates).addcmul_(x_main[t], d_x).add_(d_b).add_(bias)
+            h, hyper_h = states[t, :hidden], states[t, hidden:]
+            proj = mm(weight_h_cat, h)                                       # (4H + 4Ĥ, B): [W_h h ; Ŵ h]
+            h_projs.append(proj[:4 * hidden])
+            pre = proj[4 * hidden:].add_(x_proj[t, 4 * hidden:]).addmm_(hyper_weight_h_fwd, hyper_h)  # (4Ĥ, B)
+            hyper_h = states[t + 1, hidden:]
+            cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_h)
+            torch.addmm(z_bias, weight_z, hyper_h, out=zs[t])                                 # (12 N_z, B)
+            torch.baddbmm(gate_bias, scale_t, zs[t].view(n_emb, n_z, batch), out=d)  # (12, H, B); d_b + b_0
+            gates = d_b.addcmul_(d_h, h_projs[t]).addcmul_(d_x, x_proj[t, :4 * hidden])   # row scaling
             mask = None if masks is None else masks[t]
-            cell_forward(gates, cs[t], mask, acts[t], cs[t + 1], tanh_c[t], hs[t + 1])
+            cell_forward(gates, cs[t], mask, acts[t], cs[t + 1], tanh_c[t], states[t + 1, :hidden])
         ctx.save_for_backward(x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
-                              x_main, hs, cs, tanh_c, acts, hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts, zs)
+                              x_proj, *buffers)
         ctx.h_projs = h_projs  # a list: stacking would only copy
-        finals = (hs[-1], cs[-1], hyper_hs[-1], hyper_cs[-1])
-        return (hs[1:].transpose(1, 2).contiguous(), *(s.t().contiguous() for s in finals))
+        finals = (states[-1, :hidden], cs[-1], states[-1, hidden:], hyper_cs[-1])
+        return (states[1:, :hidden].transpose(1, 2).contiguous(), *(s.t().contiguous() for s in finals))
 
     @staticmethod
     def backward(ctx, d_outputs, dh, dc, d_hyper_h, d_hyper_c):
-        (x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
-         x_main, hs, cs, tanh_c, acts, hyper_hs, hyper_cs, hyper_tanh_c, hyper_acts, zs) = ctx.saved_tensors
-        steps, batch, n_x = x.shape
-        hidden, (n_emb, n_z) = hs.shape[1], weight_scale.shape[:2]
-        start = lambda grad, like: torch.zeros_like(like) if grad is None else grad.t().contiguous()
-        dh, dc = start(dh, cs[0]), start(dc, cs[0])
-        d_hyper_h, d_hyper_c = start(d_hyper_h, hyper_hs[0]), start(d_hyper_c, hyper_hs[0])
-        d_outputs = None if d_outputs is None else d_outputs.transpose(1, 2).contiguous()  # (T, H, B)
-        scale_t = weight_scale.transpose(1, 2).contiguous()  # (12, H, N_z)
-        weight_h_t, hyper_from_h_t = weight_h.t().contiguous(), hyper_weight_x[:, n_x:].t().contiguous()
-        d_gates, d_h_projs, d_x_main = (torch.empty_like(acts) for _ in range(3))
-        d_x_hyper, d_zs, d_scale = torch.empty_like(hyper_acts), torch.empty_like(zs), torch.zeros_like(weight_scale)
-        d, dd = x.new_empty(n_emb, hidden, batch), x.new_empty(n_emb, hidden, batch)
-        dd_x, dd_h, dd_b = dd.view(3, 4 * hidden, batch)
-        for t in reversed(range(steps)):
-            if d_outputs is not None:
-                dh = dh + d_outputs[t]
-            mask = None if masks is None else masks[t]
-            dc = cell_backward(acts[t], tanh_c[t], cs[t], dh, dc, mask, d_gates[t])
-            d_gate, z = d_gates[t], zs[t].view(n_emb, n_z, batch)
-            torch.bmm(scale_t, z, out=d)  # (12, H, B), as in forward
-            d_x, d_h, _ = d.view(3, 4 * hidden, batch)
-            torch.mul(d_gate, x_main[t], out=dd_x)
-            torch.mul(d_gate, ctx.h_projs[t], out=dd_h)
-            dd_b.copy_(d_gate)
-            torch.mul(d_gate, d_x, out=d_x_main[t])
-            torch.mul(d_gate, d_h, out=d_h_projs[t])
-            d_scale.baddbmm_(z, dd.transpose(1, 2))                      # (12, N_z, H)
-            torch.bmm(weight_scale, dd, out=d_zs[t].view(n_emb, n_z, batch))
-            d_hyper_h = torch.addmm(d_hyper_h, weight_z.t(), d_zs[t])
-            d_hyper_c = cell_backward(hyper_acts[t], hyper_tanh_c[t], hyper_cs[t], d_hyper_h, d_hyper_c, None,
-                                      d_x_hyper[t])
-            dh = mm(weight_h_t, d_h_projs[t]).addmm_(hyper_from_h_t, d_x_hyper[t])  # to h_{t-1}
-            d_hyper_h = torch.mm(hyper_weight_h.t(), d_x_hyper[t])
-        d_x = torch.matmul(weight_x.t(), d_x_main).add_(torch.matmul(hyper_weight_x[:, :n_x].t(), d_x_hyper))
-        return (d_x.transpose(1, 2), dh.t(), dc.t(), d_hyper_h.t(), d_hyper_c.t(),
-                *_weight_gradients(x, hs, hyper_hs, d_x_main, d_h_projs, d_gates, d_x_hyper, d_zs), d_scale, None)
+        return _Backward(ctx, d_outputs).run(dh, dc, d_hyper_h, d_hyper_c)
+
+
+def _forward_weights(weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, hyper_bias, weight_scale):
+    """The forward's weights: the candidate rows doubled and the forget gate's +1 in the biases (exact
+    scalings, see ``fused_cell.cell_forward``). Returns [W_h ; Ŵ_h] (4H + 4Ĥ, H), Ŵ_ĥ (4Ĥ, Ĥ),
+    [W_x ; Ŵ_x] (4H + 4Ĥ, N_x), b̂ (4Ĥ, 1), the scale weights transposed (12, H, N_z) and the gate bias
+    (12, H, 1): b_0 on the d_b rows, 0 on the d_x and d_h rows."""
+    n_x, hidden, hyper = weight_x.shape[1], weight_h.shape[1], hyper_weight_h.shape[1]
+    main_scale, hyper_scale = gate_scale(hidden, bias), gate_scale(hyper, bias)  # (4N, 1)
+    weight_h_cat = torch.cat([weight_h, hyper_scale * hyper_weight_x[:, n_x:]])
+    weight_x_cat = torch.cat([weight_x, hyper_scale * hyper_weight_x[:, :n_x]])
+    hyper_x_bias = hyper_scale * (hyper_bias + forget_offset(hyper, bias)).unsqueeze(1)
+    scale_t = (weight_scale * main_scale.view(4, 1, hidden).repeat(3, 1, 1)).transpose(1, 2)
+    gate_bias = main_scale * (bias + forget_offset(hidden, bias)).unsqueeze(1)                   # (4H, 1)
+    gate_bias = torch.cat([gate_bias.new_zeros(8 * hidden, 1), gate_bias]).view(-1, hidden, 1)
+    return weight_h_cat, hyper_scale * hyper_weight_h, weight_x_cat, hyper_x_bias, scale_t, gate_bias
+
+
+def _forward_buffers(x, hidden, hyper, n_zs):
+    """states (T+1, H + Ĥ, B) = [h ; ĥ], cs (T+1, H, B), hyper_cs (T+1, Ĥ, B), tanh_c (T, H, B),
+    acts (T, 4H, B), hyper_tanh_c (T, Ĥ, B), hyper_acts (T, 4Ĥ, B), zs (T, 12 N_z, B)."""
+    steps, batch = x.shape[:2]
+    sizes = ((1, hidden + hyper), (1, hidden), (1, hyper), (0, hidden), (0, 4 * hidden), (0, hyper), (0, 4 * hyper),
+             (0, n_zs))
+    return tuple(x.new_empty(steps + extra, features, batch) for extra, features in sizes)
 
 
 def _columns(buffer: torch.Tensor) -> torch.Tensor:
@@ -107,14 +103,122 @@ def _columns(buffer: torch.Tensor) -> torch.Tensor:
     return buffer.transpose(0, 1).reshape(buffer.shape[1], -1)
 
 
-def _weight_gradients(x, hs, hyper_hs, d_x_main, d_h_projs, d_gates, d_x_hyper, d_zs):
-    """dL/d(weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, hyper_bias, weight_z, z_bias), each
-    one product over all T·B columns."""
-    steps = d_gates.shape[0]
-    x_cols = x.reshape(-1, x.shape[-1])                                   # (T·B, N_x), the same column order
-    h_prev, d_hyper = _columns(hs[:steps]), _columns(d_x_hyper)           # (H, T·B), (4Ĥ, T·B)
-    d_hyper_weight_x = torch.cat([mm(d_hyper, x_cols), mm(d_hyper, h_prev.t())], dim=1)
-    d_zs = _columns(d_zs)
-    return (mm(_columns(d_x_main), x_cols), mm(_columns(d_h_projs), h_prev.t()), d_gates.sum((0, 2)),
-            d_hyper_weight_x, mm(d_hyper, _columns(hyper_hs[:steps]).t()), d_hyper.sum(1),
-            mm(d_zs, _columns(hyper_hs[1:]).t()), d_zs.sum(1))
+class _Scratch(threading.local):
+    """Named buffers kept between calls, one set per thread: the backward's chunk buffers. Memory mapped
+    afresh on every call costs page faults (measured: more than the chunking saves); these stay mapped."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, shape, like):
+        """An uninitialised buffer of ``shape``, a view of the first elements of the kept one (regrown if small)."""
+        numel = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.buffers[name] = like.new_empty(numel)
+        return buffer[:numel].view(shape)
+
+
+_scratch = _Scratch()
+
+
+def _add_product(total, a, b):
+    return mm(a, b) if total is None else mm_add(a, b, total)
+
+
+class _Backward:
+    """HyperLSTMSequence's backward: steps in reverse, in chunks of about ``SCRATCH_BYTES`` of per-step
+    gradients; when a chunk is done, its input gradient and its part of every weight gradient are one
+    product over the chunk's columns. Bounded scratch, because freshly mapped memory is slow: a whole
+    sequence's worth (and its column copy) cost more in page faults than the chunked products lose."""
+
+    SCRATCH_BYTES = 16 * 2 ** 20
+
+    def __init__(self, ctx, d_outputs):
+        (self.x, self.weight_x, self.weight_h, self.hyper_weight_x, self.hyper_weight_h, self.weight_z,
+         self.weight_scale, self.masks, self.x_proj, self.states, self.cs, self.hyper_cs, self.tanh_c, self.acts,
+         self.hyper_tanh_c, self.hyper_acts, self.zs) = ctx.saved_tensors
+        self.h_projs = ctx.h_projs
+        self.d_outputs = None if d_outputs is None else d_outputs.transpose(1, 2).contiguous()  # (T, H, B)
+        steps, batch, n_x = self.x.shape
+        hidden, hyper, n_emb = self.cs.shape[1], self.hyper_cs.shape[1], self.weight_scale.shape[0]
+        self.hidden, self.hyper = hidden, hyper
+        self.scale_t = self.weight_scale.transpose(1, 2).contiguous()  # (12, H, N_z), unscaled
+        self.weight_h_cat_t = torch.cat([self.weight_h, self.hyper_weight_x[:, n_x:]]).t().contiguous()
+        self.weight_x_cat = torch.cat([self.hyper_weight_x[:, :n_x], self.weight_x])  # (4Ĥ + 4H, N_x)
+        new = self.x.new_empty
+        self.d, self.dd = new(8, hidden, batch), new(3, 4 * hidden, batch)
+        self.d_zs, self.d_bias, self.d_x = new(self.zs.shape), new(steps, 4 * hidden), new(steps, batch, n_x)
+        self.d_scale = torch.zeros_like(self.weight_scale)
+        self.d_weight_h_cat = self.d_hyper_weight_h = self.d_weight_x_cat = self.d_hyper_bias = None
+
+    def run(self, dh, dc, d_hyper_h, d_hyper_c):
+        steps, batch, _ = self.x.shape
+        start = lambda grad, like: torch.zeros_like(like) if grad is None else grad.t().contiguous()
+        dh, dc = start(dh, self.cs[0]), start(dc, self.cs[0])
+        d_hyper_h, d_hyper_c = start(d_hyper_h, self.hyper_cs[0]), start(d_hyper_c, self.hyper_cs[0])
+        if self.d_outputs is not None:
+            dh.add_(self.d_outputs[-1])
+        # per step: dL/d[W_h h ; Ŵ h + ... ; W_x x] (4H + 4Ĥ + 4H, B); the first two blocks go back to h_{t-1}
+        features = 8 * self.hidden + 4 * self.hyper
+        chunk = max(1, self.SCRATCH_BYTES // (features * batch * self.x.element_size()))
+        d_proj = _scratch.get("d_proj", (min(chunk, steps), features, batch), self.x)
+        for end in range(steps, 0, -chunk):
+            begin = max(0, end - chunk)
+            for t in reversed(range(begin, end)):
+                dh, dc, d_hyper_h, d_hyper_c = self.step(t, d_proj[t - begin], dh, dc, d_hyper_h, d_hyper_c)
+            self.add_chunk(begin, end, d_proj[:end - begin])
+        return (self.d_x, dh.t(), dc.t(), d_hyper_h.t(), d_hyper_c.t(), *self.weight_gradients(), self.d_scale,
+                None)
+
+    def step(self, t, d_proj, dh, dc, d_hyper_h, d_hyper_c):
+        """One step back: fills d_proj (4H + 4Ĥ + 4H, B); returns dL/d(h, c, ĥ, ĉ) at step t - 1."""
+        hidden, hyper, (n_emb, n_z, _), batch = self.hidden, self.hyper, self.weight_scale.shape, self.x.shape[1]
+        d_gate, dd = self.dd[2], self.dd  # dL/d(gates) is also dL/d(d_b)
+        mask = None if self.masks is None else self.masks[t]
+        dc = cell_backward(self.acts[t], self.tanh_c[t], self.cs[t], dh, dc, mask, d_gate)
+        d_h_proj, d_x_hyper, d_x_main = d_proj.split([4 * hidden, 4 * hyper, 4 * hidden])
+        z = self.zs[t].view(n_emb, n_z, batch)
+        torch.bmm(self.scale_t[:8], z[:8], out=self.d)  # (8, H, B): d_x, d_h as in forward (d_b not needed)
+        d_x, d_h = self.d.view(2, 4 * hidden, batch)
+        torch.mul(d_gate, self.x_proj[t, :4 * hidden], out=dd[0])
+        torch.mul(d_gate, self.h_projs[t], out=dd[1])
+        torch.mul(d_gate, d_x, out=d_x_main)
+        torch.mul(d_gate, d_h, out=d_h_proj)
+        torch.sum(d_gate, 1, out=self.d_bias[t])
+        dd = dd.view(n_emb, hidden, batch)
+        self.d_scale.baddbmm_(z, dd.transpose(1, 2))                                   # (12, N_z, H)
+        torch.bmm(self.weight_scale, dd, out=self.d_zs[t].view(n_emb, n_z, batch))
+        d_hyper_h = torch.addmm(d_hyper_h, self.weight_z.t(), self.d_zs[t])
+        d_hyper_c = cell_backward(self.hyper_acts[t], self.hyper_tanh_c[t], self.hyper_cs[t], d_hyper_h, d_hyper_c,
+                                  None, d_x_hyper)
+        to_h = d_proj[:4 * (hidden + hyper)]
+        dh = (mm(self.weight_h_cat_t, to_h) if t == 0 or self.d_outputs is None else
+              mm_add(self.weight_h_cat_t, to_h, self.d_outputs[t - 1]))                    # dL/dh_{t-1}
+        return dh, dc, torch.mm(self.hyper_weight_h.t(), d_x_hyper), d_hyper_c
+
+    def add_chunk(self, begin, end, d_proj):
+        """Steps [begin, end): their x gradient, and their part of the weight gradients that need the
+        per-step products' gradients, one product each over the chunk's columns."""
+        hidden, hyper, n_x = self.hidden, self.hyper, self.x.shape[2]
+        steps, features, batch = d_proj.shape
+        columns = _scratch.get("d_proj_columns", (features, steps, batch), d_proj).copy_(d_proj.transpose(0, 1))
+        d_proj = columns.view(features, -1)                                   # (4H + 4Ĥ + 4H, n·B)
+        prev_states = _columns(self.states[begin:end])                         # (H + Ĥ, n·B): [h ; ĥ]_{t-1}
+        d_to_h, d_x_proj = d_proj[:4 * (hidden + hyper)], d_proj[4 * hidden:]  # [W_h h ; Ŵ h], [Ŵ_x x ; W_x x]
+        d_hyper = d_proj[4 * hidden:4 * (hidden + hyper)]                     # the hyper cell's pre-activations
+        self.d_x[begin:end] = mm(self.weight_x_cat.t(), d_x_proj).view(n_x, steps, batch).permute(1, 2, 0)
+        self.d_weight_h_cat = _add_product(self.d_weight_h_cat, d_to_h, prev_states[:hidden].t())
+        self.d_hyper_weight_h = _add_product(self.d_hyper_weight_h, d_hyper, prev_states[hidden:].t())
+        self.d_weight_x_cat = _add_product(self.d_weight_x_cat, d_x_proj, self.x[begin:end].reshape(-1, n_x))
+        d_hyper_bias = d_hyper.sum(1)
+        self.d_hyper_bias = d_hyper_bias if self.d_hyper_bias is None else self.d_hyper_bias.add_(d_hyper_bias)
+
+    def weight_gradients(self):
+        """dL/d(weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, hyper_bias, weight_z, z_bias)."""
+        hidden, hyper = self.hidden, self.hyper
+        d_zs = _columns(self.d_zs)                                             # (12 N_z, T·B)
+        d_weight_z = mm(d_zs, _columns(self.states[1:, hidden:]).t())
+        d_hyper_weight_x = torch.cat([self.d_weight_x_cat[:4 * hyper], self.d_weight_h_cat[4 * hidden:]], 1)
+        return (self.d_weight_x_cat[4 * hyper:], self.d_weight_h_cat[:4 * hidden], self.d_bias.sum(0),
+                d_hyper_weight_x, self.d_hyper_weight_h, self.d_hyper_bias, d_weight_z, d_zs.sum(1))
