@@ -2,18 +2,11 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from hyperlab.models import HyperLSTM, HyperLSTMCell, LayerNormLSTM, LSTM, hyperlstm_fused, paper_torch_lstm
+from hyperlab.models import HyperLSTM, LayerNormLSTM, LSTM, hyperlstm_fused, paper_torch_lstm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, and stall when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only synchronise
 
 
 def hyper_count(n_x, n_h, n_hh, n_z, layer_norm):

@@ -16,13 +16,7 @@ PAPER_CHAR_COUNTS = [  # (cell, layers, n_z, millions) from the char-PTB table, 
 ]  # the table's 1-layer n_z=16 row (5.06M) disagrees with PAPER.md's formula (5.09M): left out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, and stall when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only synchronise
 
 
 @pytest.mark.parametrize("cell, layers, n_z, millions", PAPER_CHAR_COUNTS)

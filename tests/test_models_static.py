@@ -6,13 +6,7 @@ import torch
 from hyperlab.models import GeneratedConv2d, KernelGenerator, MnistConvNet, WideResNet, parameter_report
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, and stall when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only synchronise
 
 
 def generator_count(n_z, f, tile=16):

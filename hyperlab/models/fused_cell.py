@@ -60,7 +60,6 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
     doubled (``gate_scale``) and the forget gate's +1 added (``forget_offset``) by the caller's weights.
     Writes into the buffers: act the activations (σ(i), tanh(g), σ(f+1), σ(o)), c_out, tanh_c_out = tanh(c),
     h_out."""
-    n = c_prev.shape[0]
     torch.sigmoid(pre, out=act)
     i, g, f, o = act.chunk(4, 0)
     g.mul_(2.0).sub_(1.0)  # tanh(g) = 2σ(2g) - 1: torch's CPU sigmoid is several times faster than its tanh

@@ -13,7 +13,7 @@ from torch import nn
 
 from hyperlab.models.hyperlstm_fused import HyperLSTMSequence
 from hyperlab.models.lstm import GateNorm, LN_EPS, LSTMLayer, _check_input, cell_update, dropout_masks, \
-    glorot_blocks_, orthogonal_blocks_
+    glorot_uniform_, orthogonal_blocks_
 
 N_EMBEDDINGS = 12  # (x, h, b) × (i, g, f, o)
 
@@ -56,7 +56,7 @@ class HyperLSTMCell(nn.Module):
         """The paper's initialisation: at start d_x = d_h = 0.1 and the dynamic bias is 0."""
         if self.weight_x.is_meta:  # size_model: nothing to fill (and random ops on meta are slow)
             return
-        glorot_blocks_(self.weight_x)
+        glorot_uniform_(self.weight_x)
         orthogonal_blocks_(self.weight_h)
         n_z = self.n_z
         with torch.no_grad():

@@ -141,7 +141,7 @@ class _Backward:
         self.h_projs = ctx.h_projs
         self.d_outputs = None if d_outputs is None else d_outputs.transpose(1, 2).contiguous()  # (T, H, B)
         steps, batch, n_x = self.x.shape
-        hidden, hyper, n_emb = self.cs.shape[1], self.hyper_cs.shape[1], self.weight_scale.shape[0]
+        hidden, hyper = self.cs.shape[1], self.hyper_cs.shape[1]
         self.hidden, self.hyper = hidden, hyper
         self.scale_t = self.weight_scale.transpose(1, 2).contiguous()  # (12, H, N_z), unscaled
         self.weight_h_cat_t = torch.cat([self.weight_h, self.hyper_weight_x[:, n_x:]]).t().contiguous()

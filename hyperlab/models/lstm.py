@@ -36,9 +36,6 @@ def glorot_uniform_(weight: torch.Tensor) -> None:
         weight.uniform_(-bound, bound)
 
 
-glorot_blocks_ = glorot_uniform_  # the former name, still imported by hyperlstm.py
-
-
 class GateNorm(nn.Module):
     """Layer norm applied to each of ``n_gates`` gates separately: (..., n_gates*size) -> same shape."""
 
