@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 
 import torch
 
@@ -232,37 +231,17 @@ def _arch_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
 
 
-STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old was left by a process killed mid-build
-
-
-def _build_dir(name: str) -> str:
-    """torch's extension cache folder for ``name``, without a lock left behind by a killed build
-    (torch would wait for it forever: a Ray trial killed while compiling must not hang the next)."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                    "torch_extensions")
-    folder = os.path.join(root, name)
-    os.makedirs(folder, exist_ok=True)
-    lock = os.path.join(folder, "lock")
-    try:
-        if time.time() - os.path.getmtime(lock) > STALE_LOCK_S:
-            os.remove(lock)
-    except OSError:
-        pass  # no lock, or another process removed it first
-    return folder
-
-
 @functools.cache
 def kernels():
     """The compiled module, or None (HYPERLAB_NO_EXTENSION=1, or the build failed: one warning)."""
     if os.environ.get("HYPERLAB_NO_EXTENSION", "") not in ("", "0"):
         return None
     flags = _arch_flags()
-    name = "hyperlab_cell" + ("_avx2" if flags else "")
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline(name=name, cpp_sources=[_CPP], functions=_FUNCTIONS, build_directory=_build_dir(name),
-                           extra_cflags=["-O3", "-ffast-math", *flags], verbose=False)
+        return load_inline(name="hyperlab_cell" + ("_avx2" if flags else ""), cpp_sources=[_CPP],
+                           functions=_FUNCTIONS, extra_cflags=["-O3", "-ffast-math", *flags], verbose=False)
     except Exception as error:  # noqa: BLE001 - any build or load failure means the fallback
         log.warning("hyperlab: C++ cell kernels unavailable (%s: %s); using the PyTorch code",
                     type(error).__name__, str(error).strip().splitlines()[-1] if str(error).strip() else "")
