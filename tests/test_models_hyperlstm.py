@@ -179,8 +179,7 @@ def test_extension_builds_with_a_toolchain(monkeypatch):
     forces the PyTorch fallback."""
     if shutil.which("g++") is None or shutil.which("ninja") is None:
         pytest.skip("no g++ or ninja: the fallback is the only path")
-    monkeypatch.delenv("HYPERLAB_NO_EXTENSION", raising=False)
-    assert _ext.kernels.__wrapped__() is not None  # uncached call: built (or loaded from torch's cache)
+    assert _ext.kernels() is not None
     monkeypatch.setenv("HYPERLAB_NO_EXTENSION", "1")
     assert _ext.kernels.__wrapped__() is None
 

@@ -5,8 +5,6 @@
 compiling or loading fails (no compiler, no ninja), after one logged warning. Callers then use the
 pure-PyTorch code in ``fused_cell``. Layouts and formulas are those of ``fused_cell.cell_forward`` and
 ``cell_backward``: contiguous (4N, B) gate blocks in order (i, g, f, o), (N, B) states, float32 or float64.
-The main cell's loops also compute its scaling vectors d = W_scale z (N_z terms) row by row, forward and
-backward, instead of a batched product per step.
 
 Compiled with -O3 -ffast-math (compile only: the link step gets no -ffast-math, so the process's
 floating-point mode is left alone): the loops then call glibc's vector exp (libmvec).
@@ -25,78 +23,43 @@ log = logging.getLogger(__name__)
 _CPP = r"""
 #include <torch/extension.h>
 #include <cmath>
-#include <vector>
 
 namespace {
 
 template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
-template <typename T, bool Masked>
-inline void update(T pi, T pg, T pf, T po, int64_t k, int64_t n, const T* __restrict__ c_prev,
-                   const T* __restrict__ mask, T* __restrict__ act, T* __restrict__ c_out, T* __restrict__ tanh_c,
-                   T* __restrict__ h_out) {
-  const T i = sigmoid(pi);
-  const T g = T(2) * sigmoid(pg) - T(1);  // the candidate's pre-activation is doubled
-  const T f = sigmoid(pf);
-  const T o = sigmoid(po);
-  const T gm = Masked ? g * mask[k] : g;
-  const T c = f * c_prev[k] + i * gm;
-  const T tc = T(2) * sigmoid(T(2) * c) - T(1);
-  act[k] = i; act[n + k] = g; act[2 * n + k] = f; act[3 * n + k] = o;
-  c_out[k] = c; tanh_c[k] = tc; h_out[k] = o * tc;
-}
-
-// pre (4N, B) in gate order (i, 2g, f + 1, o).
-template <typename T, bool Masked>
-void forward_loop(const T* __restrict__ pre, const T* __restrict__ c_prev, const T* __restrict__ mask,
+// pre (4N, B) or, with d, pre = d_b + d_h * h_proj + d_x * x_proj (d: (12, N, B) = [d_x ; d_h ; d_b]).
+template <typename T, bool Scaled>
+void forward_loop(const T* __restrict__ pre, const T* __restrict__ d, const T* __restrict__ h_proj,
+                  const T* __restrict__ x_proj, const T* __restrict__ c_prev, const T* __restrict__ mask,
                   T* __restrict__ act, T* __restrict__ c_out, T* __restrict__ tanh_c, T* __restrict__ h_out,
                   int64_t n) {
-  for (int64_t k = 0; k < n; ++k)
-    update<T, Masked>(pre[k], pre[n + k], pre[2 * n + k], pre[3 * n + k], k, n, c_prev, mask, act, c_out, tanh_c, h_out);
-}
-
-// The main cell's pre-activations d_b + d_h * h_proj + d_x * x_proj, from the scaling vectors
-// d_e = scale[e] z[e] (scale (12, N, nz), z (12, nz, B), e over [x ; h ; b] × gates) and b0 (4N) added to d_b.
-template <typename T, bool Masked>
-void scaled_forward_loop(const T* __restrict__ scale, const T* __restrict__ z, const T* __restrict__ b0, int64_t nz,
-                         const T* __restrict__ h_proj, const T* __restrict__ x_proj, const T* __restrict__ c_prev,
-                         const T* __restrict__ mask, T* __restrict__ act, T* __restrict__ c_out,
-                         T* __restrict__ tanh_c, T* __restrict__ h_out, int64_t rows, int64_t batch) {
-  const int64_t n = rows * batch;
-  std::vector<T> buffer(6 * batch);
-  T* __restrict__ p = buffer.data();             // (4, B): the row's pre-activations
-  T* __restrict__ dx = p + 4 * batch;
-  T* __restrict__ dh = p + 5 * batch;
-  for (int64_t r = 0; r < rows; ++r) {
+  const int64_t m = 4 * n;
+  for (int64_t k = 0; k < n; ++k) {
+    T p[4];
     for (int q = 0; q < 4; ++q) {
-      T* __restrict__ pq = p + q * batch;
-      const T bias = b0[q * rows + r];
-      for (int64_t b = 0; b < batch; ++b) { pq[b] = bias; dx[b] = T(0); dh[b] = T(0); }
-      for (int64_t kk = 0; kk < nz; ++kk) {
-        const T sx = scale[(q * rows + r) * nz + kk], sh = scale[((4 + q) * rows + r) * nz + kk];
-        const T sb = scale[((8 + q) * rows + r) * nz + kk];
-        const T* zx = z + (q * nz + kk) * batch;
-        const T* zh = z + ((4 + q) * nz + kk) * batch;
-        const T* zb = z + ((8 + q) * nz + kk) * batch;
-        for (int64_t b = 0; b < batch; ++b) { dx[b] += sx * zx[b]; dh[b] += sh * zh[b]; pq[b] += sb * zb[b]; }
-      }
-      const T* hp = h_proj + (q * rows + r) * batch;
-      const T* xp = x_proj + (q * rows + r) * batch;
-      for (int64_t b = 0; b < batch; ++b) pq[b] += dh[b] * hp[b] + dx[b] * xp[b];
+      const int64_t j = q * n + k;
+      p[q] = Scaled ? d[2 * m + j] + d[m + j] * h_proj[j] + d[j] * x_proj[j] : pre[j];
     }
-    for (int64_t b = 0; b < batch; ++b)
-      update<T, Masked>(p[b], p[batch + b], p[2 * batch + b], p[3 * batch + b], r * batch + b, n, c_prev, mask, act, c_out,
-             tanh_c, h_out);
+    const T i = sigmoid(p[0]);
+    const T g = T(2) * sigmoid(p[1]) - T(1);  // the candidate's pre-activation is doubled
+    const T f = sigmoid(p[2]);
+    const T o = sigmoid(p[3]);
+    const T gm = mask == nullptr ? g : g * mask[k];
+    const T c = f * c_prev[k] + i * gm;
+    const T tc = T(2) * sigmoid(T(2) * c) - T(1);
+    act[k] = i; act[n + k] = g; act[2 * n + k] = f; act[3 * n + k] = o;
+    c_out[k] = c; tanh_c[k] = tc; h_out[k] = o * tc;
   }
 }
 
-template <typename T, bool Masked>
+template <typename T>
 void backward_loop(const T* __restrict__ act, const T* __restrict__ tanh_c, const T* __restrict__ c_prev,
                    const T* __restrict__ dh, const T* __restrict__ dc, const T* __restrict__ mask,
                    T* __restrict__ d_pre, T* __restrict__ dc_prev, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     const T i = act[k], g = act[n + k], f = act[2 * n + k], o = act[3 * n + k], tc = tanh_c[k];
-    const T m = Masked ? mask[k] : T(1);
+    const T m = mask == nullptr ? T(1) : mask[k];
     const T dct = dc[k] + dh[k] * o * (T(1) - tc * tc);
     d_pre[k] = dct * g * m * i * (T(1) - i);
     d_pre[n + k] = dct * i * m * (T(1) - g * g);
@@ -107,36 +70,23 @@ void backward_loop(const T* __restrict__ act, const T* __restrict__ tanh_c, cons
 }
 
 // The main cell's scaled gates: from d_gate (4N, B), dd (3, 4N, B) = d_gate * [x_proj ; h_proj ; 1]
-// (dd[2] is d_gate itself), d_x_main = d_gate * d_x, d_h_proj = d_gate * d_h with d_x, d_h = scale[:8] z[:8]
-// (scale (12, N, nz), z (12, nz, B)), d_bias (4N) the row sums of d_gate.
+// (dd[2] is d_gate itself), d_x_main = d_gate * d_x, d_h_proj = d_gate * d_h, d_bias (4N) row sums.
 template <typename T>
 void scale_backward_loop(T* __restrict__ dd, const T* __restrict__ x_proj, const T* __restrict__ h_proj,
-                         const T* __restrict__ scale, const T* __restrict__ z, int64_t nz, T* __restrict__ d_x_main,
-                         T* __restrict__ d_h_proj, T* __restrict__ d_bias, int64_t rows, int64_t batch) {
-  const int64_t m = rows * batch, hidden = rows / 4;
+                         const T* __restrict__ d, T* __restrict__ d_x_main, T* __restrict__ d_h_proj,
+                         T* __restrict__ d_bias, int64_t rows, int64_t batch) {
+  const int64_t m = rows * batch;
   const T* d_gate = dd + 2 * m;
-  std::vector<T> buffer(2 * batch);
-  T* __restrict__ dx = buffer.data();
-  T* __restrict__ dh = dx + batch;
+  for (int64_t k = 0; k < m; ++k) {
+    const T v = d_gate[k];
+    dd[k] = v * x_proj[k];
+    dd[m + k] = v * h_proj[k];
+    d_x_main[k] = v * d[k];
+    d_h_proj[k] = v * d[m + k];
+  }
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t q = r / hidden;
-    for (int64_t b = 0; b < batch; ++b) { dx[b] = T(0); dh[b] = T(0); }
-    for (int64_t kk = 0; kk < nz; ++kk) {
-      const T sx = scale[r * nz + kk], sh = scale[(rows + r) * nz + kk];
-      const T* zx = z + (q * nz + kk) * batch;
-      const T* zh = z + ((4 + q) * nz + kk) * batch;
-      for (int64_t b = 0; b < batch; ++b) { dx[b] += sx * zx[b]; dh[b] += sh * zh[b]; }
-    }
     T s = 0;
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t k = r * batch + b;
-      const T v = d_gate[k];
-      dd[k] = v * x_proj[k];
-      dd[m + k] = v * h_proj[k];
-      d_x_main[k] = v * dx[b];
-      d_h_proj[k] = v * dh[b];
-      s += v;
-    }
+    for (int64_t b = 0; b < batch; ++b) s += d_gate[r * batch + b];
     d_bias[r] = s;
   }
 }
@@ -148,39 +98,27 @@ void check(const at::Tensor& t, const at::Tensor& like, int64_t numel, const cha
 
 }  // namespace
 
-void cell_forward(const at::Tensor& pre, const at::Tensor& c_prev, const c10::optional<at::Tensor>& mask,
-                  at::Tensor& act, at::Tensor& c_out, at::Tensor& tanh_c, at::Tensor& h_out) {
+void cell_forward(const at::Tensor& pre, const c10::optional<at::Tensor>& d, const c10::optional<at::Tensor>& h_proj,
+                  const c10::optional<at::Tensor>& x_proj, const at::Tensor& c_prev,
+                  const c10::optional<at::Tensor>& mask, at::Tensor& act, at::Tensor& c_out, at::Tensor& tanh_c,
+                  at::Tensor& h_out) {
   const int64_t n = c_prev.numel();
-  check(pre, act, 4 * n, "pre"); check(c_prev, act, n, "c_prev"); check(act, act, 4 * n, "act");
-  check(c_out, act, n, "c_out"); check(tanh_c, act, n, "tanh_c"); check(h_out, act, n, "h_out");
-  if (mask.has_value()) check(*mask, act, n, "mask");
-  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "cell_forward", [&] {
-    auto loop = mask.has_value() ? forward_loop<scalar_t, true> : forward_loop<scalar_t, false>;
-    loop(pre.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
-                           mask.has_value() ? mask->data_ptr<scalar_t>() : nullptr, act.data_ptr<scalar_t>(),
-                           c_out.data_ptr<scalar_t>(), tanh_c.data_ptr<scalar_t>(), h_out.data_ptr<scalar_t>(), n);
-  });
-}
-
-void scaled_cell_forward(const at::Tensor& scale, const at::Tensor& z, const at::Tensor& b0,
-                         const at::Tensor& h_proj, const at::Tensor& x_proj, const at::Tensor& c_prev,
-                         const c10::optional<at::Tensor>& mask, at::Tensor& act, at::Tensor& c_out,
-                         at::Tensor& tanh_c, at::Tensor& h_out) {
-  TORCH_CHECK(c_prev.dim() == 2 && scale.dim() == 3 && scale.size(0) == 12 && scale.size(1) == c_prev.size(0),
-              "scaled_cell_forward: expected c_prev (N, B) and scale (12, N, nz)");
-  const int64_t n = c_prev.numel(), rows = c_prev.size(0), batch = c_prev.size(1), nz = scale.size(2);
-  check(scale, act, 12 * rows * nz, "scale"); check(z, act, 12 * nz * batch, "z"); check(b0, act, 4 * rows, "b0");
-  check(h_proj, act, 4 * n, "h_proj"); check(x_proj, act, 4 * n, "x_proj");
+  const bool scaled = d.has_value();
+  if (scaled) {
+    check(*d, act, 12 * n, "d"); check(*h_proj, act, 4 * n, "h_proj"); check(*x_proj, act, 4 * n, "x_proj");
+  } else {
+    check(pre, act, 4 * n, "pre");
+  }
   check(c_prev, act, n, "c_prev"); check(act, act, 4 * n, "act"); check(c_out, act, n, "c_out");
   check(tanh_c, act, n, "tanh_c"); check(h_out, act, n, "h_out");
   if (mask.has_value()) check(*mask, act, n, "mask");
-  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "scaled_cell_forward", [&] {
-    auto loop = mask.has_value() ? scaled_forward_loop<scalar_t, true> : scaled_forward_loop<scalar_t, false>;
-    loop(scale.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), b0.data_ptr<scalar_t>(), nz,
-                                  h_proj.data_ptr<scalar_t>(), x_proj.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
-                                  mask.has_value() ? mask->data_ptr<scalar_t>() : nullptr, act.data_ptr<scalar_t>(),
-                                  c_out.data_ptr<scalar_t>(), tanh_c.data_ptr<scalar_t>(),
-                                  h_out.data_ptr<scalar_t>(), rows, batch);
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "cell_forward", [&] {
+    auto run = scaled ? forward_loop<scalar_t, true> : forward_loop<scalar_t, false>;
+    run(scaled ? nullptr : pre.data_ptr<scalar_t>(), scaled ? d->data_ptr<scalar_t>() : nullptr,
+                           scaled ? h_proj->data_ptr<scalar_t>() : nullptr,
+                           scaled ? x_proj->data_ptr<scalar_t>() : nullptr, c_prev.data_ptr<scalar_t>(),
+                           mask.has_value() ? mask->data_ptr<scalar_t>() : nullptr, act.data_ptr<scalar_t>(),
+                           c_out.data_ptr<scalar_t>(), tanh_c.data_ptr<scalar_t>(), h_out.data_ptr<scalar_t>(), n);
   });
 }
 
@@ -193,8 +131,7 @@ at::Tensor cell_backward(const at::Tensor& act, const at::Tensor& tanh_c, const 
   if (mask.has_value()) check(*mask, act, n, "mask");
   at::Tensor dc_prev = at::empty_like(dc);
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "cell_backward", [&] {
-    auto loop = mask.has_value() ? backward_loop<scalar_t, true> : backward_loop<scalar_t, false>;
-    loop(act.data_ptr<scalar_t>(), tanh_c.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
+    backward_loop<scalar_t>(act.data_ptr<scalar_t>(), tanh_c.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
                             dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
                             mask.has_value() ? mask->data_ptr<scalar_t>() : nullptr, d_pre.data_ptr<scalar_t>(),
                             dc_prev.data_ptr<scalar_t>(), n);
@@ -202,24 +139,22 @@ at::Tensor cell_backward(const at::Tensor& act, const at::Tensor& tanh_c, const 
   return dc_prev;
 }
 
-void scale_backward(at::Tensor& dd, const at::Tensor& x_proj, const at::Tensor& h_proj, const at::Tensor& scale,
-                    const at::Tensor& z, at::Tensor& d_x_main, at::Tensor& d_h_proj, at::Tensor& d_bias) {
-  const int64_t rows = d_bias.numel(), m = h_proj.numel();
-  TORCH_CHECK(rows > 0 && rows % 4 == 0 && m % rows == 0 && scale.dim() == 3 && 4 * scale.size(1) == rows,
-              "scale_backward: d_bias (4N), h_proj (4N, B) and scale (12, N, nz) do not match");
-  const int64_t batch = m / rows, nz = scale.size(2);
+void scale_backward(at::Tensor& dd, const at::Tensor& x_proj, const at::Tensor& h_proj, const at::Tensor& d,
+                    at::Tensor& d_x_main, at::Tensor& d_h_proj, at::Tensor& d_bias) {
+  const int64_t rows = d_bias.numel(), m = x_proj.numel();
+  TORCH_CHECK(rows > 0 && m % rows == 0, "scale_backward: d_bias does not match x_proj");
   check(dd, dd, 3 * m, "dd"); check(x_proj, dd, m, "x_proj"); check(h_proj, dd, m, "h_proj");
-  check(scale, dd, 3 * rows * nz, "scale"); check(z, dd, 12 * nz * batch, "z");
-  check(d_x_main, dd, m, "d_x_main"); check(d_h_proj, dd, m, "d_h_proj"); check(d_bias, dd, rows, "d_bias");
+  check(d, dd, 2 * m, "d"); check(d_x_main, dd, m, "d_x_main"); check(d_h_proj, dd, m, "d_h_proj");
+  check(d_bias, dd, rows, "d_bias");
   AT_DISPATCH_FLOATING_TYPES(dd.scalar_type(), "scale_backward", [&] {
     scale_backward_loop<scalar_t>(dd.data_ptr<scalar_t>(), x_proj.data_ptr<scalar_t>(), h_proj.data_ptr<scalar_t>(),
-                                  scale.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), nz, d_x_main.data_ptr<scalar_t>(),
-                                  d_h_proj.data_ptr<scalar_t>(), d_bias.data_ptr<scalar_t>(), rows, batch);
+                                  d.data_ptr<scalar_t>(), d_x_main.data_ptr<scalar_t>(),
+                                  d_h_proj.data_ptr<scalar_t>(), d_bias.data_ptr<scalar_t>(), rows, m / rows);
   });
 }
 """
 
-_FUNCTIONS = ["cell_forward", "scaled_cell_forward", "cell_backward", "scale_backward"]
+_FUNCTIONS = ["cell_forward", "cell_backward", "scale_backward"]
 
 
 def _arch_flags() -> list[str]:

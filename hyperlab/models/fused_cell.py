@@ -63,7 +63,7 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
     h_out. One C++ loop (``_ext``) where it is built, else the torch ops below."""
     kernels = _ext.kernels()
     if kernels is not None:
-        kernels.cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out)
+        kernels.cell_forward(pre, None, None, None, c_prev, mask, act, c_out, tanh_c_out, h_out)
         return
     torch.sigmoid(pre, out=act)
     i, g, f, o = act.chunk(4, 0)
@@ -93,32 +93,26 @@ def cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
     return dc_total.mul_(f)
 
 
-def scaled_cell_forward(scale_t, z, gate_bias, d, h_proj, x_proj, c_prev, mask, act, c_out, tanh_c_out, h_out):
-    """``cell_forward`` of the row-scaled pre-activations d_b + d_h * h_proj + d_x * x_proj, where
-    [d_x ; d_h ; d_b] = scale_t z + gate_bias (12, N, B): scale_t (12, N, N_z) contiguous, z (12, N_z, B),
-    gate_bias (12, N, 1) (zero but on the d_b rows). ``d`` (12, N, B) is scratch for the fallback; the C++
-    loop computes the scaling vectors row by row instead."""
+def scaled_cell_forward(d, h_proj, x_proj, c_prev, mask, act, c_out, tanh_c_out, h_out):
+    """``cell_forward`` of the row-scaled pre-activations d_b + d_h * h_proj + d_x * x_proj, with
+    d = [d_x ; d_h ; d_b] (12, N, B) (d_b may hold a bias; its block is overwritten by the fallback)."""
     kernels = _ext.kernels()
     if kernels is not None:
-        kernels.scaled_cell_forward(scale_t, z, gate_bias[8:].view(-1), h_proj, x_proj, c_prev, mask, act, c_out,
-                                    tanh_c_out, h_out)
+        kernels.cell_forward(h_proj, d, h_proj, x_proj, c_prev, mask, act, c_out, tanh_c_out, h_out)
         return
-    torch.baddbmm(gate_bias, scale_t, z, out=d)
     d_x, d_h, d_b = d.view(3, -1, d.shape[-1])
     gates = d_b.addcmul_(d_h, h_proj).addcmul_(d_x, x_proj)
     cell_forward(gates, c_prev, mask, act, c_out, tanh_c_out, h_out)
 
 
-def scale_backward(dd, x_proj, h_proj, scale_t, z, d, d_x_main, d_h_proj, d_bias):
+def scale_backward(dd, x_proj, h_proj, d, d_x_main, d_h_proj, d_bias):
     """From dL/d(gates) in dd[2] (dd (3, 4N, B)): dd[0] = dd[2] x_proj, dd[1] = dd[2] h_proj (the scaling
-    vectors' gradients), d_x_main = dd[2] d_x, d_h_proj = dd[2] d_h, d_bias (4N) the row sums of dd[2];
-    [d_x ; d_h] = scale_t[:8] z[:8] (scale_t (12, N, N_z) contiguous, z (12, N_z, B)), in the scratch ``d``
-    (8, N, B) for the fallback."""
+    vectors' gradients), d_x_main = dd[2] d_x, d_h_proj = dd[2] d_h (d = [d_x ; d_h] (8, N, B)), and
+    d_bias (4N) the row sums of dd[2]."""
     kernels = _ext.kernels()
     if kernels is not None:
-        kernels.scale_backward(dd, x_proj, h_proj, scale_t, z, d_x_main, d_h_proj, d_bias)
+        kernels.scale_backward(dd, x_proj, h_proj, d, d_x_main, d_h_proj, d_bias)
         return
-    torch.bmm(scale_t[:8], z[:8], out=d)
     d_gate = dd[2]
     d_x, d_h = d.view(2, -1, d.shape[-1])
     torch.mul(d_gate, x_proj, out=dd[0])

@@ -58,10 +58,10 @@ class HyperLSTMSequence(torch.autograd.Function):
             hyper_h = states[t + 1, hidden:]
             cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_h)
             torch.addmm(z_bias, weight_z, hyper_h, out=zs[t])                                 # (12 N_z, B)
+            torch.baddbmm(gate_bias, scale_t, zs[t].view(n_emb, n_z, batch), out=d)  # (12, H, B); d_b + b_0
             mask = None if masks is None else masks[t]
-            scaled_cell_forward(scale_t, zs[t].view(n_emb, n_z, batch), gate_bias, d, h_projs[t],  # (12, H, B)
-                                x_proj[t, :4 * hidden], cs[t], mask, acts[t], cs[t + 1], tanh_c[t],
-                                states[t + 1, :hidden])  # gates d_b + b_0 + d_h W_h h + d_x W_x x
+            scaled_cell_forward(d, h_projs[t], x_proj[t, :4 * hidden], cs[t], mask, acts[t], cs[t + 1], tanh_c[t],
+                                states[t + 1, :hidden])  # gates d_b + d_h W_h h + d_x W_x x
         ctx.save_for_backward(x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
                               x_proj, *buffers)
         ctx.h_projs = h_projs  # a list: stacking would only copy
@@ -83,7 +83,7 @@ def _forward_weights(weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, h
     weight_h_cat = torch.cat([weight_h, hyper_scale * hyper_weight_x[:, n_x:]])
     weight_x_cat = torch.cat([weight_x, hyper_scale * hyper_weight_x[:, :n_x]])
     hyper_x_bias = hyper_scale * (hyper_bias + forget_offset(hyper, bias)).unsqueeze(1)
-    scale_t = (weight_scale * main_scale.view(4, 1, hidden).repeat(3, 1, 1)).transpose(1, 2).contiguous()
+    scale_t = (weight_scale * main_scale.view(4, 1, hidden).repeat(3, 1, 1)).transpose(1, 2)
     gate_bias = main_scale * (bias + forget_offset(hidden, bias)).unsqueeze(1)                   # (4H, 1)
     gate_bias = torch.cat([gate_bias.new_zeros(8 * hidden, 1), gate_bias]).view(-1, hidden, 1)
     return weight_h_cat, hyper_scale * hyper_weight_h, weight_x_cat, hyper_x_bias, scale_t, gate_bias
@@ -179,8 +179,8 @@ class _Backward:
         dc = cell_backward(self.acts[t], self.tanh_c[t], self.cs[t], dh, dc, mask, d_gate)
         d_h_proj, d_x_hyper, d_x_main = d_proj.split([4 * hidden, 4 * hyper, 4 * hidden])
         z = self.zs[t].view(n_emb, n_z, batch)
-        scale_backward(dd, self.x_proj[t, :4 * hidden], self.h_projs[t], self.scale_t, z, self.d, d_x_main,
-                       d_h_proj, self.d_bias[t])  # d_x, d_h as in forward (in self.d, (8, H, B)); d_b not needed
+        torch.bmm(self.scale_t[:8], z[:8], out=self.d)  # (8, H, B): d_x, d_h as in forward (d_b not needed)
+        scale_backward(dd, self.x_proj[t, :4 * hidden], self.h_projs[t], self.d, d_x_main, d_h_proj, self.d_bias[t])
         dd = dd.view(n_emb, hidden, batch)
         self.d_scale.baddbmm_(z, dd.transpose(1, 2))                                   # (12, N_z, H)
         torch.bmm(self.weight_scale, dd, out=self.d_zs[t].view(n_emb, n_z, batch))
