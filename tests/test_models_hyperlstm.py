@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-import shutil
-
-from hyperlab.models import HyperLSTM, LayerNormLSTM, LSTM, _ext, hyperlstm_fused, paper_torch_lstm
+from hyperlab.models import HyperLSTM, LayerNormLSTM, LSTM, hyperlstm_fused, paper_torch_lstm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only synchronise
@@ -174,26 +172,12 @@ def test_cell_rejects_wrong_input_width():
         HyperLSTM(4, 6)(torch.randn(3, 2, 5))
 
 
-def test_extension_builds_with_a_toolchain(monkeypatch):
-    """The C++ cell loops load where g++ and ninja exist (so the tests below run them); the env var
-    forces the PyTorch fallback."""
-    if shutil.which("g++") is None or shutil.which("ninja") is None:
-        pytest.skip("no g++ or ninja: the fallback is the only path")
-    assert _ext.kernels() is not None
-    monkeypatch.setenv("HYPERLAB_NO_EXTENSION", "1")
-    assert _ext.kernels.__wrapped__() is None
-
-
-@pytest.mark.parametrize("dtype,scratch_bytes,extension", [
-    (torch.float32, None, True), (torch.float64, None, True), (torch.float64, 1, True), (torch.float64, 7000, True),
-    (torch.float32, None, False), (torch.float64, 7000, False)])
-def test_fused_sequence_equals_eager_reference(dtype, scratch_bytes, extension, monkeypatch):
+@pytest.mark.parametrize("dtype,scratch_bytes", [(torch.float32, None), (torch.float64, None), (torch.float64, 1),
+                                                 (torch.float64, 7000)])
+def test_fused_sequence_equals_eager_reference(dtype, scratch_bytes, monkeypatch):
     """The hand-written backward (HyperLSTMSequence) against autograd through the eager loop:
     outputs, final states and every gradient, with recurrent dropout on (same masks) and 2 layers.
-    ``scratch_bytes`` shrinks the backward's chunks: one step each (1), 2 steps and a last one of 1 (7000).
-    ``extension`` False forces the pure-PyTorch cell code (as without a compiler or with HYPERLAB_NO_EXTENSION=1)."""
-    if not extension:
-        monkeypatch.setattr(_ext, "kernels", lambda: None)
+    ``scratch_bytes`` shrinks the backward's chunks: one step each (1), 2 steps and a last one of 1 (7000)."""
     if scratch_bytes is not None:
         monkeypatch.setattr(hyperlstm_fused._Backward, "SCRATCH_BYTES", scratch_bytes)
     torch.manual_seed(7)

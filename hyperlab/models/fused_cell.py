@@ -9,7 +9,6 @@ import functools
 
 import torch
 
-from hyperlab.models import _ext
 
 
 @functools.cache
@@ -60,11 +59,7 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
     """LSTM update from pre-activations ``pre`` (4N, B) in gate order (i, 2g, f + 1, o): the candidate
     doubled (``gate_scale``) and the forget gate's +1 added (``forget_offset``) by the caller's weights.
     Writes into the buffers: act the activations (σ(i), tanh(g), σ(f+1), σ(o)), c_out, tanh_c_out = tanh(c),
-    h_out. One C++ loop (``_ext``) where it is built, else the torch ops below."""
-    kernels = _ext.kernels()
-    if kernels is not None:
-        kernels.cell_forward(pre, None, None, None, c_prev, mask, act, c_out, tanh_c_out, h_out)
-        return
+    h_out."""
     torch.sigmoid(pre, out=act)
     i, g, f, o = act.chunk(4, 0)
     g.mul_(2.0).sub_(1.0)  # tanh(g) = 2σ(2g) - 1: torch's CPU sigmoid is several times faster than its tanh
@@ -75,10 +70,7 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
 
 def cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
     """Backward of ``cell_forward``: writes dL/d(pre) into ``d_pre`` (4N, B), for the undoubled candidate
-    (so the caller's unscaled weights apply); returns dL/dc_prev. One C++ loop where ``_ext`` is built."""
-    kernels = _ext.kernels()
-    if kernels is not None:
-        return kernels.cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre)
+    (so the caller's unscaled weights apply); returns dL/dc_prev."""
     i, g, f, o = act.chunk(4, 0)
     d_i, d_g, d_f, d_o = d_pre.chunk(4, 0)
     torch.mul(dh, tanh_c, out=d_o)                              # dL/dσ(o)
@@ -91,32 +83,3 @@ def cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
         d_g.mul_(mask)
     d_g.addcmul_(d_g * g, g, value=-1.0)                        # tanh' = 1 - tanh²
     return dc_total.mul_(f)
-
-
-def scaled_cell_forward(d, h_proj, x_proj, c_prev, mask, act, c_out, tanh_c_out, h_out):
-    """``cell_forward`` of the row-scaled pre-activations d_b + d_h * h_proj + d_x * x_proj, with
-    d = [d_x ; d_h ; d_b] (12, N, B) (d_b may hold a bias; its block is overwritten by the fallback)."""
-    kernels = _ext.kernels()
-    if kernels is not None:
-        kernels.cell_forward(h_proj, d, h_proj, x_proj, c_prev, mask, act, c_out, tanh_c_out, h_out)
-        return
-    d_x, d_h, d_b = d.view(3, -1, d.shape[-1])
-    gates = d_b.addcmul_(d_h, h_proj).addcmul_(d_x, x_proj)
-    cell_forward(gates, c_prev, mask, act, c_out, tanh_c_out, h_out)
-
-
-def scale_backward(dd, x_proj, h_proj, d, d_x_main, d_h_proj, d_bias):
-    """From dL/d(gates) in dd[2] (dd (3, 4N, B)): dd[0] = dd[2] x_proj, dd[1] = dd[2] h_proj (the scaling
-    vectors' gradients), d_x_main = dd[2] d_x, d_h_proj = dd[2] d_h (d = [d_x ; d_h] (8, N, B)), and
-    d_bias (4N) the row sums of dd[2]."""
-    kernels = _ext.kernels()
-    if kernels is not None:
-        kernels.scale_backward(dd, x_proj, h_proj, d, d_x_main, d_h_proj, d_bias)
-        return
-    d_gate = dd[2]
-    d_x, d_h = d.view(2, -1, d.shape[-1])
-    torch.mul(d_gate, x_proj, out=dd[0])
-    torch.mul(d_gate, h_proj, out=dd[1])
-    torch.mul(d_gate, d_x, out=d_x_main)
-    torch.mul(d_gate, d_h, out=d_h_proj)
-    torch.sum(d_gate, 1, out=d_bias)

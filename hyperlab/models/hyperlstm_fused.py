@@ -22,8 +22,7 @@ import threading
 
 import torch
 
-from hyperlab.models.fused_cell import cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add, \
-    scale_backward, scaled_cell_forward
+from hyperlab.models.fused_cell import cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add
 
 
 class HyperLSTMSequence(torch.autograd.Function):
@@ -49,6 +48,7 @@ class HyperLSTMSequence(torch.autograd.Function):
         states, cs, hyper_cs, tanh_c, acts, hyper_tanh_c, hyper_acts, zs = buffers
         states[0, :hidden], states[0, hidden:], cs[0], hyper_cs[0] = h0.t(), hyper_h0.t(), c0.t(), hyper_c0.t()
         d, h_projs = x.new_empty(n_emb, hidden, batch), []
+        d_x, d_h, d_b = d.view(3, 4 * hidden, batch)
         z_bias = z_bias.unsqueeze(1)
         for t in range(steps):
             h, hyper_h = states[t, :hidden], states[t, hidden:]
@@ -59,9 +59,9 @@ class HyperLSTMSequence(torch.autograd.Function):
             cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_h)
             torch.addmm(z_bias, weight_z, hyper_h, out=zs[t])                                 # (12 N_z, B)
             torch.baddbmm(gate_bias, scale_t, zs[t].view(n_emb, n_z, batch), out=d)  # (12, H, B); d_b + b_0
+            gates = d_b.addcmul_(d_h, h_projs[t]).addcmul_(d_x, x_proj[t, :4 * hidden])   # row scaling
             mask = None if masks is None else masks[t]
-            scaled_cell_forward(d, h_projs[t], x_proj[t, :4 * hidden], cs[t], mask, acts[t], cs[t + 1], tanh_c[t],
-                                states[t + 1, :hidden])  # gates d_b + d_h W_h h + d_x W_x x
+            cell_forward(gates, cs[t], mask, acts[t], cs[t + 1], tanh_c[t], states[t + 1, :hidden])
         ctx.save_for_backward(x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
                               x_proj, *buffers)
         ctx.h_projs = h_projs  # a list: stacking would only copy
@@ -180,7 +180,12 @@ class _Backward:
         d_h_proj, d_x_hyper, d_x_main = d_proj.split([4 * hidden, 4 * hyper, 4 * hidden])
         z = self.zs[t].view(n_emb, n_z, batch)
         torch.bmm(self.scale_t[:8], z[:8], out=self.d)  # (8, H, B): d_x, d_h as in forward (d_b not needed)
-        scale_backward(dd, self.x_proj[t, :4 * hidden], self.h_projs[t], self.d, d_x_main, d_h_proj, self.d_bias[t])
+        d_x, d_h = self.d.view(2, 4 * hidden, batch)
+        torch.mul(d_gate, self.x_proj[t, :4 * hidden], out=dd[0])
+        torch.mul(d_gate, self.h_projs[t], out=dd[1])
+        torch.mul(d_gate, d_x, out=d_x_main)
+        torch.mul(d_gate, d_h, out=d_h_proj)
+        torch.sum(d_gate, 1, out=self.d_bias[t])
         dd = dd.view(n_emb, hidden, batch)
         self.d_scale.baddbmm_(z, dd.transpose(1, 2))                                   # (12, N_z, H)
         torch.bmm(self.weight_scale, dd, out=self.d_zs[t].view(n_emb, n_z, batch))
