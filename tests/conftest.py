@@ -55,3 +55,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _fit_batch(model, tokens: torch.Tensor, lr: float, steps: int) -> list[float]:
+    """Adam on one batch of token streams (B, T+1), next-token cross-entropy; the loss of every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        logits, _ = model(tokens[:, :-1])  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture
+def fit_batch():
+    """``fit_batch(model, tokens, lr, steps) -> losses``: a char model trained on one fixed batch."""
+    return _fit_batch

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_analysis_store import OBJECTIVES, shared_store
 
-from hyperlab.analysis import load_search, search_hypervolume, write_search_report
+from hyperlab.analysis import hypervolume, load_search, write_search_report
 from hyperlab.analysis.commands import print_search
 from hyperlab.analysis.figures import point_kinds
 from hyperlab.cli import main
@@ -133,7 +133,10 @@ def test_write_search_report(store, tmp_path):
     assert len(html) < 100_000  # plotly.js itself is not embedded
     csv, parquet = pd.read_csv(tmp_path / "front.csv"), pd.read_parquet(tmp_path / "front.parquet")
     assert csv["run_id"].tolist() == parquet["run_id"].tolist() == result["front"]["run_id"].tolist()
-    assert result["hypervolume"] == pytest.approx(search_hypervolume(df, OBJECTIVES, result["reference"]))
+    complete = df[df["fidelity"] == "complete"]  # log10 parameters against bpc, both minimised
+    points = np.column_stack([np.log10(complete["model/n_params"]), complete["val/bpc"]])
+    reference = [np.log10(result["reference"][0]), result["reference"][1]]
+    assert result["hypervolume"] == pytest.approx(hypervolume(points, reference, ["min", "min"]))
     fixed = write_search_report(df.iloc[:10], OBJECTIVES, tmp_path, reference=result["reference"])
     assert fixed["reference"] == result["reference"] and 0 < fixed["hypervolume"] <= result["hypervolume"]
 

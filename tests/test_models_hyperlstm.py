@@ -225,7 +225,7 @@ def test_fused_equals_eager_at_benchmark_size():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
 
 
-def test_fused_path_trains_like_the_eager_loop_when_gates_saturate():
+def test_fused_path_trains_like_the_eager_loop_when_gates_saturate(fit_batch):
     """Adam at a high learning rate drives the gates into saturation (pre-activations of tens): the
     fused sequence must stay finite and follow the eager loop step by step while training."""
     from hyperlab.models import CharRNN
@@ -236,17 +236,8 @@ def test_fused_path_trains_like_the_eager_loop_when_gates_saturate():
         for module in model.modules():
             if hasattr(module, "fused"):
                 module.fused = fused
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
         tokens = torch.randint(0, 10, (8, 17), generator=torch.Generator().manual_seed(1))
-        out = []
-        for _ in range(steps):
-            logits, _ = model(tokens[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), tokens[:, 1:].reshape(-1))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            out.append(loss.item())
-        return out
+        return fit_batch(model, tokens, lr=0.05, steps=steps)
 
     fused = losses(True, 60)
     assert all(v == v and abs(v) != float("inf") for v in fused)

@@ -74,19 +74,10 @@ def test_char_rnn_interface_and_state_carry(cell):
 
 
 @pytest.mark.parametrize("cell", ["hyperlstm", "ln_hyperlstm"])  # the hand-written backward, the eager one
-def test_char_rnn_learns_a_repeating_sequence(cell):
+def test_char_rnn_learns_a_repeating_sequence(cell, fit_batch):
     torch.manual_seed(0)
     model = CharRNN(5, cell, hidden_size=16, hyper_size=8, n_z=2)
-    tokens = torch.arange(24).remainder(5).view(2, 12)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    losses = []
-    for _ in range(25):
-        logits, _ = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), tokens[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_batch(model, torch.arange(24).remainder(5).view(2, 12), lr=0.02, steps=25)
     assert losses[-1] < 0.1 * losses[0]
 
 

@@ -102,22 +102,28 @@ class _Stop(Exception):
     pass
 
 
+def straight_and_resumed(config, tmp_path, stop_at: int) -> tuple[list[dict], list[dict]]:
+    """The reports of one uninterrupted run, and of a run stopped at ``stop_at`` and resumed from its
+    checkpoint there (in ``tmp_path/straight`` and ``tmp_path/cut``)."""
+    straight, resumed = [], []
+    fit(config, lambda m, p: straight.append(m), workdir=tmp_path / "straight")
+
+    def stop(metrics, path):
+        if metrics["step"] == stop_at:
+            raise _Stop
+    with pytest.raises(_Stop):
+        fit(config, stop, workdir=tmp_path / "cut")
+    fit(config, lambda m, p: resumed.append(m), workdir=tmp_path / "cut",
+        resume_from=tmp_path / "cut" / f"checkpoint-{stop_at}")
+    return straight, resumed
+
+
 @pytest.mark.parametrize("cell", ["ln_hyperlstm", "hyperlstm"])  # eager and fused HyperLSTM paths
 def test_resume_continues_exactly(tmp_path, cell):
     # 4000 chars: 22 training batches, so the run wraps to a new pass (fresh state) after the resume
     config = char_config(write_text(tmp_path / "t.txt", 4000),
                          **{"schedule.steps": 30, "schedule.eval_every": 6, "model.cell": cell})
-    straight = []
-    fit(config, lambda m, p: straight.append(m), workdir=tmp_path / "straight")
-
-    def stop_at_18(metrics, path):
-        if metrics["step"] == 18:
-            raise _Stop
-    with pytest.raises(_Stop):
-        fit(config, stop_at_18, workdir=tmp_path / "cut")
-    resumed = []
-    fit(config, lambda m, p: resumed.append(m), workdir=tmp_path / "cut",
-        resume_from=tmp_path / "cut" / "checkpoint-18")
+    straight, resumed = straight_and_resumed(config, tmp_path, stop_at=18)
 
     assert [m["step"] for m in resumed] == [24, 30]
     for key in ("train/loss", "val/bpc", "test/bpc"):
@@ -266,16 +272,7 @@ def test_classifier_resume_continues_exactly(tmp_path):
         "task": "classify", "device": "cpu", "data": {"dataset": dataset, "batch_size": 16, "augment": True},
         "model": {"name": "wide_resnet", "depth": 10, "widen": 1, "hyper": True, "n_z": 4},
         "optim": {"lr": 0.01, "clip": 1.0}, "schedule": {"steps": 10, "eval_every": 3}})
-    straight = []
-    fit(config, lambda m, p: straight.append(m), workdir=tmp_path / "straight")
-
-    def stop_at_6(metrics, path):
-        if metrics["step"] == 6:
-            raise _Stop
-    with pytest.raises(_Stop):
-        fit(config, stop_at_6, workdir=tmp_path / "cut")
-    resumed = []
-    fit(config, lambda m, p: resumed.append(m), workdir=tmp_path / "cut", resume_from=tmp_path / "cut" / "checkpoint-6")
+    straight, resumed = straight_and_resumed(config, tmp_path, stop_at=6)
     assert [m["step"] for m in resumed] == [9, 10]
     for key in ("train/loss", "val/loss", "test/acc"):
         assert [m.get(key) for m in resumed] == [m.get(key) for m in straight[2:]]
