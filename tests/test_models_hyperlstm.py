@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from hyperlab.models import HyperLSTM, LayerNormLSTM, LSTM, hyperlstm_fused, paper_torch_lstm
+import shutil
+
+from hyperlab.models import HyperLSTM, LayerNormLSTM, LSTM, _ext, hyperlstm_fused, paper_torch_lstm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only synchronise
@@ -172,19 +174,37 @@ def test_cell_rejects_wrong_input_width():
         HyperLSTM(4, 6)(torch.randn(3, 2, 5))
 
 
-@pytest.mark.parametrize("dtype,scratch_bytes", [(torch.float32, None), (torch.float64, None), (torch.float64, 1),
-                                                 (torch.float64, 7000)])
-def test_fused_sequence_equals_eager_reference(dtype, scratch_bytes, monkeypatch):
+def test_extension_builds_with_a_toolchain(monkeypatch):
+    """The C++ cell loops load where g++ and ninja exist (so the tests below run them); the environment
+    variable forces the PyTorch code."""
+    if shutil.which("g++") is None or shutil.which("ninja") is None:
+        pytest.skip("no g++ or ninja: the PyTorch code is the only path")
+    monkeypatch.delenv("HYPERLAB_NO_EXTENSION", raising=False)
+    assert _ext.kernels.__wrapped__() is not None  # uncached: built, or loaded from torch's cache
+    monkeypatch.setenv("HYPERLAB_NO_EXTENSION", "1")
+    assert _ext.kernels.__wrapped__() is None
+
+
+@pytest.mark.parametrize("dtype,scratch_bytes,batch,extension", [
+    (torch.float32, None, 4, True), (torch.float32, None, 43, True), (torch.float64, None, 43, True),
+    (torch.float64, 1, 4, True), (torch.float64, 7000, 4, True), (torch.float32, None, 43, False),
+    (torch.float64, 7000, 4, False)])
+def test_fused_sequence_equals_eager_reference(dtype, scratch_bytes, batch, extension, monkeypatch):
     """The hand-written backward (HyperLSTMSequence) against autograd through the eager loop:
     outputs, final states and every gradient, with recurrent dropout on (same masks) and 2 layers.
-    ``scratch_bytes`` shrinks the backward's chunks: one step each (1), 2 steps and a last one of 1 (7000)."""
+    ``scratch_bytes`` shrinks the backward's chunks: one step each (1), 2 steps and a last one of 1 (7000).
+    Batch 43 takes the C++ loops through all their column blocks (4 SIMD groups, single groups, single
+    columns, for 8 floats or 4 doubles a group); ``extension`` False forces the PyTorch cell code (as
+    without a compiler, or with HYPERLAB_NO_EXTENSION=1)."""
+    if not extension:
+        monkeypatch.setattr(_ext, "kernels", lambda: None)
     if scratch_bytes is not None:
         monkeypatch.setattr(hyperlstm_fused._Backward, "SCRATCH_BYTES", scratch_bytes)
     torch.manual_seed(7)
     model = HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2, dropout=0.3).to(dtype)
     _perturb(model)
-    x = torch.randn(7, 4, 5, dtype=dtype, requires_grad=True)
-    state = tuple(torch.randn(2, 4, n, dtype=dtype, requires_grad=True) for n in (8, 8, 6, 6))
+    x = torch.randn(7, batch, 5, dtype=dtype, requires_grad=True)
+    state = tuple(torch.randn(2, batch, n, dtype=dtype, requires_grad=True) for n in (8, 8, 6, 6))
     results = []
     for fused in (True, False):
         for layer in model.layers:

@@ -22,7 +22,8 @@ import threading
 
 import torch
 
-from hyperlab.models.fused_cell import cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add
+from hyperlab.models.fused_cell import cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add, \
+    scaled_cell_backward, scaled_cell_forward
 
 
 class HyperLSTMSequence(torch.autograd.Function):
@@ -48,7 +49,6 @@ class HyperLSTMSequence(torch.autograd.Function):
         states, cs, hyper_cs, tanh_c, acts, hyper_tanh_c, hyper_acts, zs = buffers
         states[0, :hidden], states[0, hidden:], cs[0], hyper_cs[0] = h0.t(), hyper_h0.t(), c0.t(), hyper_c0.t()
         d, h_projs = x.new_empty(n_emb, hidden, batch), []
-        d_x, d_h, d_b = d.view(3, 4 * hidden, batch)
         z_bias = z_bias.unsqueeze(1)
         for t in range(steps):
             h, hyper_h = states[t, :hidden], states[t, hidden:]
@@ -58,10 +58,10 @@ class HyperLSTMSequence(torch.autograd.Function):
             hyper_h = states[t + 1, hidden:]
             cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_h)
             torch.addmm(z_bias, weight_z, hyper_h, out=zs[t])                                 # (12 N_z, B)
-            torch.baddbmm(gate_bias, scale_t, zs[t].view(n_emb, n_z, batch), out=d)  # (12, H, B); d_b + b_0
-            gates = d_b.addcmul_(d_h, h_projs[t]).addcmul_(d_x, x_proj[t, :4 * hidden])   # row scaling
             mask = None if masks is None else masks[t]
-            cell_forward(gates, cs[t], mask, acts[t], cs[t + 1], tanh_c[t], states[t + 1, :hidden])
+            scaled_cell_forward(scale_t, zs[t].view(n_emb, n_z, batch), gate_bias, d, h_projs[t],  # (12, H, B)
+                                x_proj[t, :4 * hidden], cs[t], mask, acts[t], cs[t + 1], tanh_c[t],
+                                states[t + 1, :hidden])  # gates d_b + b_0 + d_h W_h h + d_x W_x x
         ctx.save_for_backward(x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
                               x_proj, *buffers)
         ctx.h_projs = h_projs  # a list: stacking would only copy
@@ -83,7 +83,7 @@ def _forward_weights(weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, h
     weight_h_cat = torch.cat([weight_h, hyper_scale * hyper_weight_x[:, n_x:]])
     weight_x_cat = torch.cat([weight_x, hyper_scale * hyper_weight_x[:, :n_x]])
     hyper_x_bias = hyper_scale * (hyper_bias + forget_offset(hyper, bias)).unsqueeze(1)
-    scale_t = (weight_scale * main_scale.view(4, 1, hidden).repeat(3, 1, 1)).transpose(1, 2)
+    scale_t = (weight_scale * main_scale.view(4, 1, hidden).repeat(3, 1, 1)).transpose(1, 2).contiguous()
     gate_bias = main_scale * (bias + forget_offset(hidden, bias)).unsqueeze(1)                   # (4H, 1)
     gate_bias = torch.cat([gate_bias.new_zeros(8 * hidden, 1), gate_bias]).view(-1, hidden, 1)
     return weight_h_cat, hyper_scale * hyper_weight_h, weight_x_cat, hyper_x_bias, scale_t, gate_bias
@@ -174,21 +174,12 @@ class _Backward:
     def step(self, t, d_proj, dh, dc, d_hyper_h, d_hyper_c):
         """One step back: fills d_proj (4H + 4Ĥ + 4H, B); returns dL/d(h, c, ĥ, ĉ) at step t - 1."""
         hidden, hyper, (n_emb, n_z, _), batch = self.hidden, self.hyper, self.weight_scale.shape, self.x.shape[1]
-        d_gate, dd = self.dd[2], self.dd  # dL/d(gates) is also dL/d(d_b)
         mask = None if self.masks is None else self.masks[t]
-        dc = cell_backward(self.acts[t], self.tanh_c[t], self.cs[t], dh, dc, mask, d_gate)
         d_h_proj, d_x_hyper, d_x_main = d_proj.split([4 * hidden, 4 * hyper, 4 * hidden])
-        z = self.zs[t].view(n_emb, n_z, batch)
-        torch.bmm(self.scale_t[:8], z[:8], out=self.d)  # (8, H, B): d_x, d_h as in forward (d_b not needed)
-        d_x, d_h = self.d.view(2, 4 * hidden, batch)
-        torch.mul(d_gate, self.x_proj[t, :4 * hidden], out=dd[0])
-        torch.mul(d_gate, self.h_projs[t], out=dd[1])
-        torch.mul(d_gate, d_x, out=d_x_main)
-        torch.mul(d_gate, d_h, out=d_h_proj)
-        torch.sum(d_gate, 1, out=self.d_bias[t])
-        dd = dd.view(n_emb, hidden, batch)
-        self.d_scale.baddbmm_(z, dd.transpose(1, 2))                                   # (12, N_z, H)
-        torch.bmm(self.weight_scale, dd, out=self.d_zs[t].view(n_emb, n_z, batch))
+        dc = scaled_cell_backward(self.acts[t], self.tanh_c[t], self.cs[t], dh, dc, mask, self.x_proj[t, :4 * hidden],
+                                  self.h_projs[t], self.scale_t, self.zs[t].view(n_emb, n_z, batch), d_x_main,
+                                  d_h_proj, self.d_bias[t], self.d_zs[t].view(n_emb, n_z, batch), self.d_scale,
+                                  (self.dd, self.d))
         d_hyper_h = torch.addmm(d_hyper_h, self.weight_z.t(), self.d_zs[t])
         d_hyper_c = cell_backward(self.hyper_acts[t], self.hyper_tanh_c[t], self.hyper_cs[t], d_hyper_h, d_hyper_c,
                                   None, d_x_hyper)

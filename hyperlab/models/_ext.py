@@ -1,0 +1,75 @@
+"""The C++ cell loops (``cell_kernels.cpp``: the fused HyperLSTM's per-step elementwise work, forward and
+backward), compiled with ``torch.utils.cpp_extension.load_inline`` on first use (about 30 s) and cached by
+torch (``TORCH_EXTENSIONS_DIR``, keyed by the source).
+
+``kernels()`` returns the compiled module, or None: when ``HYPERLAB_NO_EXTENSION=1`` is set, or when
+compiling or loading fails (no compiler, no ninja), after one logged warning. Callers then use the
+PyTorch code in ``fused_cell``, which computes the same thing.
+
+Compiled with -O3 -fno-trapping-math and, where torch reports AVX2 or better, -mavx2 -mfma. Not -ffast-math:
+its finite-math assumption gave NaN for saturated gates; the float exp is written out instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_FUNCTIONS = ["cell_forward", "scaled_cell_forward", "cell_backward", "scaled_cell_backward"]
+
+
+def _arch_flags() -> list[str]:
+    """AVX2 + FMA where torch's own CPU dispatch says the machine has them (the build is per machine)."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - older torch
+        return []
+    return ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
+
+
+STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old was left by a process killed mid-build
+
+
+def _build_dir(name: str) -> str:
+    """torch's extension cache folder for ``name``, without a lock left behind by a killed build
+    (torch would wait for it forever: a Ray trial killed while compiling must not hang the next)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                    "torch_extensions")
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    lock = os.path.join(folder, "lock")
+    try:
+        if time.time() - os.path.getmtime(lock) > STALE_LOCK_S:
+            os.remove(lock)
+    except OSError:
+        pass  # no lock, or another process removed it first
+    return folder
+
+
+def _source() -> str:
+    return (Path(__file__).with_name("cell_kernels.cpp")).read_text()
+
+
+@functools.cache
+def kernels():
+    """The compiled module, or None (HYPERLAB_NO_EXTENSION=1, or the build failed: one warning)."""
+    if os.environ.get("HYPERLAB_NO_EXTENSION", "") not in ("", "0"):
+        return None
+    flags = _arch_flags()
+    name = "hyperlab_cell" + ("_avx2" if flags else "")
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        return load_inline(name=name, cpp_sources=[_source()], functions=_FUNCTIONS, build_directory=_build_dir(name),
+                           extra_cflags=["-O3", "-fno-trapping-math", *flags], verbose=False)
+    except Exception as error:  # noqa: BLE001 - any build or load failure means the fallback
+        log.warning("hyperlab: C++ cell kernels unavailable (%s: %s); using the PyTorch code",
+                    type(error).__name__, str(error).strip().splitlines()[-1] if str(error).strip() else "")
+        return None
