@@ -22,7 +22,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_FUNCTIONS = ["cell_forward", "scaled_cell_forward", "cell_backward", "scaled_cell_backward"]
+_FUNCTIONS = ["cell_forward", "scaled_cell_forward", "cell_backward", "scaled_cell_backward", "forward_sequence",
+              "backward_steps"]
 
 
 def _arch_flags() -> list[str]:

@@ -337,3 +337,107 @@ at::Tensor scaled_cell_backward(const at::Tensor& act, const at::Tensor& tanh_c,
   });
   return dc_prev;
 }
+
+// ---- The whole recurrence: the per-step loops of hyperlstm_fused.py's forward and backward in C++, so that
+// no Python runs per step. The same operations in the same order as there (that code is the fallback).
+
+namespace {
+
+// a @ b. float32 through oneDNN's matmul (torch's mkldnn::_linear_pointwise, called boxed through the
+// dispatcher, as fused_cell.mm does from Python), else at::mm.
+const c10::optional<c10::OperatorHandle>& onednn(const char* overload) {
+  static const c10::optional<c10::OperatorHandle> plain =
+      c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", ""));
+  static const c10::optional<c10::OperatorHandle> binary =
+      c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", "binary"));
+  return overload[0] ? binary : plain;
+}
+
+at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
+  const auto& op = onednn("");
+  if (!op || a.scalar_type() != at::kFloat) return at::mm(a, b);
+  torch::jit::Stack stack{a, b.t(), c10::IValue(), std::string("none"), c10::List<c10::optional<at::Scalar>>(),
+                          std::string("")};
+  op->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+at::Tensor product_add(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {  // a @ b + c
+  const auto& op = onednn("binary");
+  if (!op || a.scalar_type() != at::kFloat) return at::addmm(c, a, b);
+  torch::jit::Stack stack{a, c, b.t(), c10::IValue(), std::string("add")};
+  op->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+c10::optional<at::Tensor> step_of(const c10::optional<at::Tensor>& t, int64_t step) {
+  return t.has_value() ? c10::optional<at::Tensor>((*t)[step]) : c10::nullopt;
+}
+
+}  // namespace
+
+// HyperLSTMSequence.forward's loop over the buffers (shapes as there); returns the per-step W_h h.
+std::vector<at::Tensor> forward_sequence(const at::Tensor& x_proj, const at::Tensor& weight_h_cat,
+                                         const at::Tensor& hyper_weight_h, const at::Tensor& weight_z,
+                                         const at::Tensor& z_bias, const at::Tensor& scale, const at::Tensor& b0,
+                                         const c10::optional<at::Tensor>& masks, at::Tensor& states, at::Tensor& cs,
+                                         at::Tensor& hyper_cs, at::Tensor& tanh_c, at::Tensor& acts,
+                                         at::Tensor& hyper_tanh_c, at::Tensor& hyper_acts, at::Tensor& zs) {
+  const int64_t steps = acts.size(0), hidden = cs.size(1), hyper = hyper_cs.size(1), batch = cs.size(2);
+  std::vector<at::Tensor> h_projs;
+  h_projs.reserve(steps);
+  for (int64_t t = 0; t < steps; ++t) {
+    at::Tensor state = states[t], next = states[t + 1], step_x = x_proj[t];
+    at::Tensor proj = product(weight_h_cat, state.narrow(0, 0, hidden));  // [W_h h ; Ŵ h]
+    h_projs.push_back(proj.narrow(0, 0, 4 * hidden));
+    at::Tensor pre = proj.narrow(0, 4 * hidden, 4 * hyper);
+    pre.add_(step_x.narrow(0, 4 * hidden, 4 * hyper)).addmm_(hyper_weight_h, state.narrow(0, hidden, hyper));
+    at::Tensor hyper_h = next.narrow(0, hidden, hyper), h = next.narrow(0, 0, hidden);
+    at::Tensor hyper_act = hyper_acts[t], hyper_c = hyper_cs[t + 1], hyper_tc = hyper_tanh_c[t];
+    cell_forward(pre, hyper_cs[t], c10::nullopt, hyper_act, hyper_c, hyper_tc, hyper_h);
+    at::Tensor z = zs[t];
+    at::addmm_out(z, z_bias, weight_z, hyper_h);
+    at::Tensor act = acts[t], c = cs[t + 1], tc = tanh_c[t];
+    scaled_cell_forward(scale, z.view({scale.size(0), scale.size(2), batch}), b0, h_projs.back(),
+                        step_x.narrow(0, 0, 4 * hidden), cs[t], step_of(masks, t), act, c, tc, h);
+  }
+  return h_projs;
+}
+
+// _Backward.step for steps end - 1 down to begin (d_proj holds the chunk's rows, step t at t - begin);
+// returns dL/d(h, c, ĥ, ĉ) before step begin. scale (12, N, nz) and weight_scale (12, nz, N) unscaled.
+std::vector<at::Tensor> backward_steps(int64_t begin, int64_t end, at::Tensor& d_proj, at::Tensor dh, at::Tensor dc,
+                                       at::Tensor d_hyper_h, at::Tensor d_hyper_c, const at::Tensor& acts,
+                                       const at::Tensor& tanh_c, const at::Tensor& cs,
+                                       const c10::optional<at::Tensor>& masks, const at::Tensor& x_proj,
+                                       const std::vector<at::Tensor>& h_projs, const at::Tensor& scale,
+                                       const at::Tensor& weight_scale, const at::Tensor& zs, at::Tensor& d_bias,
+                                       at::Tensor& d_zs, at::Tensor& d_scale, const at::Tensor& weight_z,
+                                       const at::Tensor& hyper_acts, const at::Tensor& hyper_tanh_c,
+                                       const at::Tensor& hyper_cs, const at::Tensor& weight_h_cat_t,
+                                       const at::Tensor& hyper_weight_h, const c10::optional<at::Tensor>& d_outputs,
+                                       at::Tensor& dd) {
+  const int64_t hidden = cs.size(1), hyper = hyper_cs.size(1), batch = cs.size(2);
+  const int64_t n_emb = scale.size(0), nz = scale.size(2);
+  const at::Tensor weight_z_t = weight_z.t(), hyper_weight_h_t = hyper_weight_h.t();
+  at::Tensor dd_rows = dd.view({n_emb, hidden, batch});
+  for (int64_t t = end - 1; t >= begin; --t) {
+    at::Tensor rows = d_proj[t - begin];
+    at::Tensor d_h_proj = rows.narrow(0, 0, 4 * hidden), d_x_hyper = rows.narrow(0, 4 * hidden, 4 * hyper);
+    at::Tensor d_x_main = rows.narrow(0, 4 * (hidden + hyper), 4 * hidden), d_bias_t = d_bias[t];
+    at::Tensor z = zs[t].view({n_emb, nz, batch}), d_z = d_zs[t];
+    dc = scaled_cell_backward(acts[t], tanh_c[t], cs[t], dh, dc, step_of(masks, t), x_proj[t].narrow(0, 0, 4 * hidden),
+                              h_projs[t], scale, z, dd, d_x_main, d_h_proj, d_bias_t);
+    d_scale.baddbmm_(z, dd_rows.transpose(1, 2));
+    at::Tensor d_z_rows = d_z.view({n_emb, nz, batch});
+    at::bmm_out(d_z_rows, weight_scale, dd_rows);
+    d_hyper_h = at::addmm(d_hyper_h, weight_z_t, d_z);
+    d_hyper_c = cell_backward(hyper_acts[t], hyper_tanh_c[t], hyper_cs[t], d_hyper_h, d_hyper_c, c10::nullopt,
+                              d_x_hyper);
+    at::Tensor to_h = rows.narrow(0, 0, 4 * (hidden + hyper));
+    dh = (t == 0 || !d_outputs.has_value()) ? product(weight_h_cat_t, to_h)
+                                             : product_add(weight_h_cat_t, to_h, (*d_outputs)[t - 1]);
+    d_hyper_h = at::mm(hyper_weight_h_t, d_x_hyper);
+  }
+  return {dh, dc, d_hyper_h, d_hyper_c};
+}

@@ -41,7 +41,7 @@ def mm_add(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.addmm(c, a, b)
 
 
-def _kernels(like: torch.Tensor):
+def cpu_kernels(like: torch.Tensor):
     """The C++ loops for CPU tensors where they are built (``_ext``), else None: the torch ops below."""
     return _ext.kernels() if like.device.type == "cpu" else None
 
@@ -66,7 +66,7 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
     doubled (``gate_scale``) and the forget gate's +1 added (``forget_offset``) by the caller's weights.
     Writes into the buffers: act the activations (σ(i), tanh(g), σ(f+1), σ(o)), c_out, tanh_c_out = tanh(c),
     h_out. One C++ loop (``_ext``) where it is built, else the torch ops below."""
-    kernels = _kernels(pre)
+    kernels = cpu_kernels(pre)
     if kernels is not None:
         kernels.cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out)
         return
@@ -81,7 +81,7 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
 def cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
     """Backward of ``cell_forward``: writes dL/d(pre) into ``d_pre`` (4N, B), for the undoubled candidate
     (so the caller's unscaled weights apply); returns dL/dc_prev. One C++ loop where ``_ext`` is built."""
-    kernels = _kernels(act)
+    kernels = cpu_kernels(act)
     if kernels is not None:
         return kernels.cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre)
     i, g, f, o = act.chunk(4, 0)
@@ -103,7 +103,7 @@ def scaled_cell_forward(scale_t, z, gate_bias, d, h_proj, x_proj, c_prev, mask, 
     [d_x ; d_h ; d_b] = scale_t z + gate_bias (12, N, B): scale_t (12, N, N_z) contiguous, z (12, N_z, B),
     gate_bias (12, N, 1) (zero but on the d_b rows). ``d`` (12, N, B) is scratch for the fallback; the C++
     loop computes the scaling vectors row by row instead."""
-    kernels = _kernels(z)
+    kernels = cpu_kernels(z)
     if kernels is not None:
         kernels.scaled_cell_forward(scale_t, z, gate_bias[8:].view(-1), h_proj, x_proj, c_prev, mask, act, c_out,
                                     tanh_c_out, h_out)
@@ -121,7 +121,7 @@ def scaled_cell_backward(act, tanh_c, c_prev, dh, dc, mask, x_proj, h_proj, scal
     d_z (12, N_z, B) = dL/dz; adds dL/d(scale) to ``d_scale`` (12, N_z, N); returns dL/dc_prev.
     ``scratch`` = (dd (3, 4N, B), d (8, N, B)). The elementwise part is one C++ loop where ``_ext`` is built."""
     dd, d = scratch
-    kernels = _kernels(act)
+    kernels = cpu_kernels(act)
     if kernels is not None:
         dc_prev = kernels.scaled_cell_backward(act, tanh_c, c_prev, dh, dc, mask, x_proj, h_proj, scale_t, z, dd,
                                                d_x_main, d_h_proj, d_bias)

@@ -22,8 +22,8 @@ import threading
 
 import torch
 
-from hyperlab.models.fused_cell import cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add, \
-    scaled_cell_backward, scaled_cell_forward
+from hyperlab.models.fused_cell import (cell_backward, cell_forward, cpu_kernels, forget_offset, gate_scale, mm,
+                                        mm_add, scaled_cell_backward, scaled_cell_forward)
 
 
 class HyperLSTMSequence(torch.autograd.Function):
@@ -38,7 +38,6 @@ class HyperLSTMSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, hyper_h0, hyper_c0, weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h,
                 hyper_bias, weight_z, z_bias, weight_scale, masks):
-        steps, batch, n_x = x.shape
         hidden, hyper, (n_emb, n_z) = h0.shape[1], hyper_h0.shape[1], weight_scale.shape[:2]
         weight_h_cat, hyper_weight_h_fwd, weight_x_cat, hyper_x_bias, scale_t, gate_bias = _forward_weights(
             weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, hyper_bias, weight_scale)
@@ -46,22 +45,15 @@ class HyperLSTMSequence(torch.autograd.Function):
         x_proj[:, 4 * hidden:] += hyper_x_bias
         masks = None if masks is None else masks.transpose(1, 2).contiguous()  # (T, H, B)
         buffers = _forward_buffers(x, hidden, hyper, n_emb * n_z)
-        states, cs, hyper_cs, tanh_c, acts, hyper_tanh_c, hyper_acts, zs = buffers
+        states, cs, hyper_cs = buffers[:3]
         states[0, :hidden], states[0, hidden:], cs[0], hyper_cs[0] = h0.t(), hyper_h0.t(), c0.t(), hyper_c0.t()
-        d, h_projs = x.new_empty(n_emb, hidden, batch), []
-        z_bias = z_bias.unsqueeze(1)
-        for t in range(steps):
-            h, hyper_h = states[t, :hidden], states[t, hidden:]
-            proj = mm(weight_h_cat, h)                                       # (4H + 4Ĥ, B): [W_h h ; Ŵ h]
-            h_projs.append(proj[:4 * hidden])
-            pre = proj[4 * hidden:].add_(x_proj[t, 4 * hidden:]).addmm_(hyper_weight_h_fwd, hyper_h)  # (4Ĥ, B)
-            hyper_h = states[t + 1, hidden:]
-            cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_h)
-            torch.addmm(z_bias, weight_z, hyper_h, out=zs[t])                                 # (12 N_z, B)
-            mask = None if masks is None else masks[t]
-            scaled_cell_forward(scale_t, zs[t].view(n_emb, n_z, batch), gate_bias, d, h_projs[t],  # (12, H, B)
-                                x_proj[t, :4 * hidden], cs[t], mask, acts[t], cs[t + 1], tanh_c[t],
-                                states[t + 1, :hidden])  # gates d_b + b_0 + d_h W_h h + d_x W_x x
+        kernels = cpu_kernels(x)
+        if kernels is not None:  # the loop below, in C++
+            h_projs = kernels.forward_sequence(x_proj, weight_h_cat, hyper_weight_h_fwd, weight_z, z_bias.unsqueeze(1),
+                                               scale_t, gate_bias[8:].view(-1), masks, *buffers)
+        else:
+            h_projs = _forward_loop(x_proj, weight_h_cat, hyper_weight_h_fwd, weight_z, z_bias, scale_t, gate_bias,
+                                    masks, buffers)
         ctx.save_for_backward(x, weight_x, weight_h, hyper_weight_x, hyper_weight_h, weight_z, weight_scale, masks,
                               x_proj, *buffers)
         ctx.h_projs = h_projs  # a list: stacking would only copy
@@ -71,6 +63,27 @@ class HyperLSTMSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_outputs, dh, dc, d_hyper_h, d_hyper_c):
         return _Backward(ctx, d_outputs).run(dh, dc, d_hyper_h, d_hyper_c)
+
+
+def _forward_loop(x_proj, weight_h_cat, hyper_weight_h_fwd, weight_z, z_bias, scale_t, gate_bias, masks, buffers):
+    """HyperLSTMSequence.forward's recurrence over its buffers; returns the per-step W_h h."""
+    states, cs, hyper_cs, tanh_c, acts, hyper_tanh_c, hyper_acts, zs = buffers
+    (n_emb, hidden, n_z), batch = scale_t.shape, cs.shape[2]
+    d, h_projs = cs.new_empty(n_emb, hidden, batch), []
+    z_bias = z_bias.unsqueeze(1)
+    for t in range(acts.shape[0]):
+        h, hyper_h = states[t, :hidden], states[t, hidden:]
+        proj = mm(weight_h_cat, h)                                       # (4H + 4Ĥ, B): [W_h h ; Ŵ h]
+        h_projs.append(proj[:4 * hidden])
+        pre = proj[4 * hidden:].add_(x_proj[t, 4 * hidden:]).addmm_(hyper_weight_h_fwd, hyper_h)  # (4Ĥ, B)
+        hyper_h = states[t + 1, hidden:]
+        cell_forward(pre, hyper_cs[t], None, hyper_acts[t], hyper_cs[t + 1], hyper_tanh_c[t], hyper_h)
+        torch.addmm(z_bias, weight_z, hyper_h, out=zs[t])                                 # (12 N_z, B)
+        mask = None if masks is None else masks[t]
+        scaled_cell_forward(scale_t, zs[t].view(n_emb, n_z, batch), gate_bias, d, h_projs[t],  # (12, H, B)
+                            x_proj[t, :4 * hidden], cs[t], mask, acts[t], cs[t + 1], tanh_c[t],
+                            states[t + 1, :hidden])  # gates d_b + b_0 + d_h W_h h + d_x W_x x
+    return h_projs
 
 
 def _forward_weights(weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, hyper_bias, weight_scale):
@@ -163,10 +176,18 @@ class _Backward:
         features = 8 * self.hidden + 4 * self.hyper
         chunk = max(1, self.SCRATCH_BYTES // (features * batch * self.x.element_size()))
         d_proj = _scratch.get("d_proj", (min(chunk, steps), features, batch), self.x)
+        kernels = cpu_kernels(self.x)
         for end in range(steps, 0, -chunk):
             begin = max(0, end - chunk)
-            for t in reversed(range(begin, end)):
-                dh, dc, d_hyper_h, d_hyper_c = self.step(t, d_proj[t - begin], dh, dc, d_hyper_h, d_hyper_c)
+            if kernels is not None:  # the loop below, in C++
+                dh, dc, d_hyper_h, d_hyper_c = kernels.backward_steps(
+                    begin, end, d_proj, dh, dc, d_hyper_h, d_hyper_c, self.acts, self.tanh_c, self.cs, self.masks,
+                    self.x_proj, self.h_projs, self.scale_t, self.weight_scale, self.zs, self.d_bias, self.d_zs,
+                    self.d_scale, self.weight_z, self.hyper_acts, self.hyper_tanh_c, self.hyper_cs,
+                    self.weight_h_cat_t, self.hyper_weight_h, self.d_outputs, self.dd)
+            else:
+                for t in reversed(range(begin, end)):
+                    dh, dc, d_hyper_h, d_hyper_c = self.step(t, d_proj[t - begin], dh, dc, d_hyper_h, d_hyper_c)
             self.add_chunk(begin, end, d_proj[:end - begin])
         return (self.d_x, dh.t(), dc.t(), d_hyper_h.t(), d_hyper_c.t(), *self.weight_gradients(), self.d_scale,
                 None)
