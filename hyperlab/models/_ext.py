@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -54,6 +56,13 @@ def _build_dir(name: str) -> str:
     return folder
 
 
+def _build_name(avx2: bool) -> str:
+    """One build per instruction set, Python and torch version: a home folder shared by several
+    environments (a cluster's NFS home, say) must not load a build made for another."""
+    torch_version = re.sub(r"[^0-9A-Za-z]", "_", torch.__version__)
+    return f"hyperlab_cell{'_avx2' if avx2 else ''}_py{sys.version_info[0]}{sys.version_info[1]}_torch{torch_version}"
+
+
 def _source() -> str:
     return (Path(__file__).with_name("cell_kernels.cpp")).read_text()
 
@@ -64,11 +73,15 @@ def kernels():
     if os.environ.get("HYPERLAB_NO_EXTENSION", "") not in ("", "0"):
         return None
     flags = _arch_flags()
-    name = "hyperlab_cell" + ("_avx2" if flags else "")
+    name = _build_name(bool(flags))
     try:
         from torch.utils.cpp_extension import load_inline
 
-        return load_inline(name=name, cpp_sources=[_source()], functions=_FUNCTIONS, build_directory=_build_dir(name),
+        folder = _build_dir(name)
+        if not any(entry.endswith(".so") for entry in os.listdir(folder)):
+            log.warning("hyperlab: building the HyperLSTM's C++ cell loops (once per machine and version, about "
+                        "30 s) in %s", folder)
+        return load_inline(name=name, cpp_sources=[_source()], functions=_FUNCTIONS, build_directory=folder,
                            extra_cflags=["-O3", "-fno-trapping-math", *flags], verbose=False)
     except Exception as error:  # noqa: BLE001 - any build or load failure means the fallback
         log.warning("hyperlab: C++ cell kernels unavailable (%s: %s); using the PyTorch code",
