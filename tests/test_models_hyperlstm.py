@@ -263,3 +263,29 @@ def test_fused_path_trains_like_the_eager_loop_when_gates_saturate(fit_batch):
     assert all(v == v and abs(v) != float("inf") for v in fused)
     assert fused[-1] < 0.5 * fused[0]  # it learns the fixed batch
     assert fused[:20] == pytest.approx(losses(False, 20), rel=1e-3)  # later, float32 rounding compounds
+
+
+@pytest.mark.slow
+def test_extension_build_survives_a_killed_build_and_concurrent_builders(tmp_path):
+    """A build killed midway (a Ray trial stopped while compiling) leaves torch's lock file behind; the
+    next builds must neither hang on it nor trip over each other: three at once, all load the module."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    if shutil.which("g++") is None or shutil.which("ninja") is None:
+        pytest.skip("no g++ or ninja")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    env.pop("HYPERLAB_NO_EXTENSION", None)
+    code = "from hyperlab.models import _ext; print(_ext.kernels() is not None)"
+    killed = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/lock")) and time.time() < deadline:
+        time.sleep(0.2)
+    killed.kill()
+    killed.wait()
+    assert list(tmp_path.glob("*/lock")), "the build never started"
+    builders = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+                for _ in range(3)]
+    assert [b.communicate(timeout=600)[0].strip() for b in builders] == ["True"] * 3

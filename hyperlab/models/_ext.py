@@ -12,12 +12,14 @@ its finite-math assumption gave NaN for saturated gates; the float exp is writte
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
+import shutil
 import sys
-import time
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -37,23 +39,30 @@ def _arch_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
 
 
-STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old was left by a process killed mid-build
-
-
 def _build_dir(name: str) -> str:
-    """torch's extension cache folder for ``name``, without a lock left behind by a killed build
-    (torch would wait for it forever: a Ray trial killed while compiling must not hang the next)."""
+    """torch's extension cache folder for ``name``."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
                                                                     "torch_extensions")
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
-    lock = os.path.join(folder, "lock")
-    try:
-        if time.time() - os.path.getmtime(lock) > STALE_LOCK_S:
-            os.remove(lock)
-    except OSError:
-        pass  # no lock, or another process removed it first
     return folder
+
+
+@contextlib.contextmanager
+def _build_lock(folder: str):
+    """One build at a time per folder, under an flock that the kernel releases when its holder dies.
+    Inside it, torch's own lock file can only have been left by a process killed mid-build (torch would
+    wait for it forever: a Ray trial stopped while compiling must not hang the next), so it goes."""
+    import fcntl  # POSIX; elsewhere the build fails over to the PyTorch code like any other
+
+    with open(os.path.join(folder, "hyperlab.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, "lock"))
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build_name(avx2: bool) -> str:
@@ -61,6 +70,14 @@ def _build_name(avx2: bool) -> str:
     environments (a cluster's NFS home, say) must not load a build made for another."""
     torch_version = re.sub(r"[^0-9A-Za-z]", "_", torch.__version__)
     return f"hyperlab_cell{'_avx2' if avx2 else ''}_py{sys.version_info[0]}{sys.version_info[1]}_torch{torch_version}"
+
+
+def _find_ninja() -> None:
+    """torch runs ``ninja`` from PATH; the one pip installed with hyperlab sits beside this Python, which is
+    not on PATH when the environment is used without being activated."""
+    scripts = sysconfig.get_path("scripts")
+    if shutil.which("ninja") is None and shutil.which("ninja", path=scripts):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
 
 
 def _source() -> str:
@@ -77,12 +94,14 @@ def kernels():
     try:
         from torch.utils.cpp_extension import load_inline
 
+        _find_ninja()
         folder = _build_dir(name)
-        if not any(entry.endswith(".so") for entry in os.listdir(folder)):
-            log.warning("hyperlab: building the HyperLSTM's C++ cell loops (once per machine and version, about "
-                        "30 s) in %s", folder)
-        return load_inline(name=name, cpp_sources=[_source()], functions=_FUNCTIONS, build_directory=folder,
-                           extra_cflags=["-O3", "-fno-trapping-math", *flags], verbose=False)
+        with _build_lock(folder):
+            if not any(entry.endswith(".so") for entry in os.listdir(folder)):
+                log.warning("hyperlab: building the HyperLSTM's C++ cell loops (once per machine and version, "
+                            "about 30 s) in %s", folder)
+            return load_inline(name=name, cpp_sources=[_source()], functions=_FUNCTIONS, build_directory=folder,
+                               extra_cflags=["-O3", "-fno-trapping-math", *flags], verbose=False)
     except Exception as error:  # noqa: BLE001 - any build or load failure means the fallback
         log.warning("hyperlab: C++ cell kernels unavailable (%s: %s); using the PyTorch code",
                     type(error).__name__, str(error).strip().splitlines()[-1] if str(error).strip() else "")
