@@ -289,3 +289,38 @@ def test_extension_build_survives_a_killed_build_and_concurrent_builders(tmp_pat
     builders = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
                 for _ in range(3)]
     assert [b.communicate(timeout=600)[0].strip() for b in builders] == ["True"] * 3
+
+
+def test_forward_buffers_return_to_the_pool_only_when_their_graph_is_gone():
+    """The fused forward's buffers come from a pool and go back when the graph is freed: two graphs alive
+    at once get separate buffers (each backward still equals the eager loop's), and a freed graph's buffer
+    serves the next call, which computes the same output again."""
+    torch.manual_seed(7)
+    model = HyperLSTM(5, 8, hyper_size=6, n_z=3).double()
+    _perturb(model)
+    pool = hyperlstm_fused._pool
+    pool.free.clear()
+    xs = [torch.randn(7, 1, 5, dtype=torch.float64) for _ in range(2)]
+
+    def gradients(fused: bool, x):
+        for layer in model.layers:
+            layer.fused = fused
+        out, state = model(x)
+        return out, state, torch.autograd.grad(out.sum() + state[1].sum(), list(model.parameters()))
+
+    first, second = gradients(True, xs[0]), gradients(True, xs[1])  # both graphs alive until here
+    for fused, x in zip((first, second), xs):
+        eager = gradients(False, x)
+        torch.testing.assert_close(fused[0], eager[0], rtol=1e-12, atol=1e-12)
+        for a, b in zip((*fused[1], *fused[2]), (*eager[1], *eager[2])):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not pool.free  # autograd.grad frees the graph only when the outputs go
+    kept = first[0].detach().clone()
+    del first, second, fused, eager
+    assert len(pool.free) == 1  # two buffers of one size came back; one is kept
+    for layer in model.layers:
+        layer.fused = True
+    with torch.no_grad():
+        model(xs[1])
+    assert len(pool.free) == 1  # taken and, with no graph, returned at once
+    torch.testing.assert_close(gradients(True, xs[0])[0], kept, rtol=0, atol=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 
 import torch
 
@@ -41,10 +42,12 @@ class HyperLSTMSequence(torch.autograd.Function):
         hidden, hyper, (n_emb, n_z) = h0.shape[1], hyper_h0.shape[1], weight_scale.shape[:2]
         weight_h_cat, hyper_weight_h_fwd, weight_x_cat, hyper_x_bias, scale_t, gate_bias = _forward_weights(
             weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, hyper_bias, weight_scale)
-        x_proj = torch.matmul(weight_x_cat, x.transpose(1, 2))  # (T, 4H + 4Ĥ, B): [W_x x ; Ŵ_x x]
+        flat, (x_proj, *buffers) = _forward_buffers(x, hidden, hyper, n_emb * n_z)
+        if flat is not None:  # back to the pool once the graph is gone
+            weakref.finalize(ctx, _pool.put, flat)
+        torch.matmul(weight_x_cat, x.transpose(1, 2), out=x_proj)  # (T, 4H + 4Ĥ, B): [W_x x ; Ŵ_x x]
         x_proj[:, 4 * hidden:] += hyper_x_bias
         masks = None if masks is None else masks.transpose(1, 2).contiguous()  # (T, H, B)
-        buffers = _forward_buffers(x, hidden, hyper, n_emb * n_z)
         states, cs, hyper_cs = buffers[:3]
         states[0, :hidden], states[0, hidden:], cs[0], hyper_cs[0] = h0.t(), hyper_h0.t(), c0.t(), hyper_c0.t()
         kernels = cpu_kernels(x)
@@ -58,7 +61,8 @@ class HyperLSTMSequence(torch.autograd.Function):
                               x_proj, *buffers)
         ctx.h_projs = h_projs  # a list: stacking would only copy
         finals = (states[-1, :hidden], cs[-1], states[-1, hidden:], hyper_cs[-1])
-        return (states[1:, :hidden].transpose(1, 2).contiguous(), *(s.t().contiguous() for s in finals))
+        # copies, never views: the buffers go back to the pool
+        return (_copy(states[1:, :hidden].transpose(1, 2)), *(_copy(s.t()) for s in finals))
 
     @staticmethod
     def backward(ctx, d_outputs, dh, dc, d_hyper_h, d_hyper_c):
@@ -103,12 +107,55 @@ def _forward_weights(weight_x, weight_h, bias, hyper_weight_x, hyper_weight_h, h
 
 
 def _forward_buffers(x, hidden, hyper, n_zs):
-    """states (T+1, H + Ĥ, B) = [h ; ĥ], cs (T+1, H, B), hyper_cs (T+1, Ĥ, B), tanh_c (T, H, B),
-    acts (T, 4H, B), hyper_tanh_c (T, Ĥ, B), hyper_acts (T, 4Ĥ, B), zs (T, 12 N_z, B)."""
+    """(flat, (x_proj (T, 4H + 4Ĥ, B), states (T+1, H + Ĥ, B) = [h ; ĥ], cs (T+1, H, B), hyper_cs (T+1, Ĥ, B),
+    tanh_c (T, H, B), acts (T, 4H, B), hyper_tanh_c (T, Ĥ, B), hyper_acts (T, 4Ĥ, B), zs (T, 12 N_z, B))):
+    on the CPU views of one flat buffer from the pool, on other devices (whose allocators cache) separate
+    tensors and flat None."""
     steps, batch = x.shape[:2]
-    sizes = ((1, hidden + hyper), (1, hidden), (1, hyper), (0, hidden), (0, 4 * hidden), (0, hyper), (0, 4 * hyper),
-             (0, n_zs))
-    return tuple(x.new_empty(steps + extra, features, batch) for extra, features in sizes)
+    sizes = ((0, 4 * (hidden + hyper)), (1, hidden + hyper), (1, hidden), (1, hyper), (0, hidden), (0, 4 * hidden),
+             (0, hyper), (0, 4 * hyper), (0, n_zs))
+    shapes = [(steps + extra, features, batch) for extra, features in sizes]
+    if x.device.type != "cpu":
+        return None, [x.new_empty(shape) for shape in shapes]
+    flat = _pool.take(sum(math.prod(shape) for shape in shapes), x)
+    views, start = [], 0
+    for shape in shapes:
+        views.append(flat[start:start + math.prod(shape)].view(shape))
+        start += math.prod(shape)
+    return flat, views
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` (``contiguous()`` may return ``t`` itself)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
+class _Pool:
+    """The forward's buffers of graphs that are gone, kept for the next forward of the same size. The C
+    library maps an allocation this large afresh on every call, and faulting its pages in cost about a tenth
+    of the benchmark's time. One buffer per size, the ``SIZES`` sizes used last."""
+
+    SIZES = 4
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.free = {}  # (dtype, numel) -> a free flat buffer, least recently returned first
+
+    def take(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            buffer = self.free.pop((like.dtype, numel), None)
+        return like.new_empty(numel) if buffer is None else buffer
+
+    def put(self, buffer: torch.Tensor) -> None:
+        """Called, from any thread, when the graph that used ``buffer`` is freed."""
+        with self.lock:
+            self.free.pop((buffer.dtype, buffer.numel()), None)
+            self.free[buffer.dtype, buffer.numel()] = buffer
+            while len(self.free) > self.SIZES:
+                self.free.pop(next(iter(self.free)))
+
+
+_pool = _Pool()
 
 
 def _columns(buffer: torch.Tensor) -> torch.Tensor:
