@@ -1,10 +1,10 @@
-"""The C++ cell loops (``cell_kernels.cpp``: the fused HyperLSTM's per-step elementwise work, forward and
-backward), compiled with ``torch.utils.cpp_extension.load_inline`` on first use (about 30 s) and cached by
-torch (``TORCH_EXTENSIONS_DIR``, keyed by the source).
+"""The C++ recurrence (``cell_kernels.cpp``: the fused HyperLSTM's forward and backward loops over time,
+``forward_sequence`` and ``backward_steps``), compiled with ``torch.utils.cpp_extension.load_inline`` on
+first use (about 30 s) and cached by torch (``TORCH_EXTENSIONS_DIR``, keyed by the source).
 
 ``kernels()`` returns the compiled module, or None: when ``HYPERLAB_NO_EXTENSION=1`` is set, or when
-compiling or loading fails (no compiler, no ninja), after one logged warning. Callers then use the
-PyTorch code in ``fused_cell``, which computes the same thing.
+compiling or loading fails (no compiler, no ninja), after one logged warning. ``hyperlstm_fused`` then
+runs its Python loops over ``fused_cell``'s PyTorch code, which compute the same thing.
 
 Compiled with -O3 -fno-trapping-math and, where torch reports AVX2 or better, -mavx2 -mfma. Not -ffast-math:
 its finite-math assumption gave NaN for saturated gates; the float exp is written out instead.
@@ -26,8 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_FUNCTIONS = ["cell_forward", "scaled_cell_forward", "cell_backward", "scaled_cell_backward", "forward_sequence",
-              "backward_steps"]
+_FUNCTIONS = ["forward_sequence", "backward_steps"]
 
 
 def _arch_flags() -> list[str]:

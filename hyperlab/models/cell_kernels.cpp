@@ -1,6 +1,8 @@
-// The fused HyperLSTM's per-step elementwise work as C++ loops, forward and backward; built by _ext.py with
-// torch.utils.cpp_extension.load_inline. Layouts and formulas are those of fused_cell.py (the PyTorch code
-// used where this is not built): features first, batch last; gates (4N, B) in order (i, g, f, o); states (N, B).
+// The fused HyperLSTM's recurrence in C++: per-step cell loops, forward and backward, and the loops over time
+// that call them (forward_sequence, backward_steps: the two functions Python sees); built by _ext.py with
+// torch.utils.cpp_extension.load_inline. Layouts and formulas are those of fused_cell.py and
+// hyperlstm_fused.py (the PyTorch code used where this is not built): features first, batch last; gates
+// (4N, B) in order (i, g, f, o); states (N, B).
 //
 // Written on explicit SIMD lanes (GCC/Clang vector extensions, 32 bytes: 8 floats or 4 doubles) so that
 // speed does not depend on the auto-vectoriser; columns left over when B is not a multiple of the lane count
@@ -343,18 +345,14 @@ at::Tensor scaled_cell_backward(const at::Tensor& act, const at::Tensor& tanh_c,
 
 namespace {
 
-// a @ b. float32 through oneDNN's matmul (torch's mkldnn::_linear_pointwise, called boxed through the
-// dispatcher, as fused_cell.mm does from Python), else at::mm.
-const c10::optional<c10::OperatorHandle>& onednn(const char* overload) {
-  static const c10::optional<c10::OperatorHandle> plain =
-      c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", ""));
-  static const c10::optional<c10::OperatorHandle> binary =
-      c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", "binary"));
-  return overload[0] ? binary : plain;
+// torch's oneDNN matmul, mkldnn::_linear_pointwise (or its "binary" overload), if this build has it: called
+// boxed through the dispatcher for float32, as fused_cell.mm and mm_add do from Python; else ATen's.
+c10::optional<c10::OperatorHandle> onednn(const char* overload) {
+  return c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", overload));
 }
 
-at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
-  const auto& op = onednn("");
+at::Tensor product(const at::Tensor& a, const at::Tensor& b) {  // a @ b
+  static const auto op = onednn("");
   if (!op || a.scalar_type() != at::kFloat) return at::mm(a, b);
   torch::jit::Stack stack{a, b.t(), c10::IValue(), std::string("none"), c10::List<c10::optional<at::Scalar>>(),
                           std::string("")};
@@ -363,7 +361,7 @@ at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
 }
 
 at::Tensor product_add(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {  // a @ b + c
-  const auto& op = onednn("binary");
+  static const auto op = onednn("binary");
   if (!op || a.scalar_type() != at::kFloat) return at::addmm(c, a, b);
   torch::jit::Stack stack{a, c, b.t(), c10::IValue(), std::string("add")};
   op->callBoxed(&stack);

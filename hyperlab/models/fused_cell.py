@@ -9,7 +9,6 @@ import functools
 
 import torch
 
-from hyperlab.models import _ext
 
 
 @functools.cache
@@ -41,11 +40,6 @@ def mm_add(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.addmm(c, a, b)
 
 
-def cpu_kernels(like: torch.Tensor):
-    """The C++ loops for CPU tensors where they are built (``_ext``), else None: the torch ops below."""
-    return _ext.kernels() if like.device.type == "cpu" else None
-
-
 def gate_scale(n: int, like: torch.Tensor) -> torch.Tensor:
     """(4n, 1): 2 on the candidate rows, 1 elsewhere. Pre-activations whose g rows are doubled (their
     weights scaled by 2, exact in floating point) give tanh(g) = 2σ(2g) - 1 from one sigmoid over all gates."""
@@ -65,11 +59,7 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
     """LSTM update from pre-activations ``pre`` (4N, B) in gate order (i, 2g, f + 1, o): the candidate
     doubled (``gate_scale``) and the forget gate's +1 added (``forget_offset``) by the caller's weights.
     Writes into the buffers: act the activations (σ(i), tanh(g), σ(f+1), σ(o)), c_out, tanh_c_out = tanh(c),
-    h_out. One C++ loop (``_ext``) where it is built, else the torch ops below."""
-    kernels = cpu_kernels(pre)
-    if kernels is not None:
-        kernels.cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out)
-        return
+    h_out."""
     torch.sigmoid(pre, out=act)
     i, g, f, o = act.chunk(4, 0)
     g.mul_(2.0).sub_(1.0)  # tanh(g) = 2σ(2g) - 1: torch's CPU sigmoid is several times faster than its tanh
@@ -80,10 +70,7 @@ def cell_forward(pre, c_prev, mask, act, c_out, tanh_c_out, h_out):
 
 def cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
     """Backward of ``cell_forward``: writes dL/d(pre) into ``d_pre`` (4N, B), for the undoubled candidate
-    (so the caller's unscaled weights apply); returns dL/dc_prev. One C++ loop where ``_ext`` is built."""
-    kernels = cpu_kernels(act)
-    if kernels is not None:
-        return kernels.cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre)
+    (so the caller's unscaled weights apply); returns dL/dc_prev."""
     i, g, f, o = act.chunk(4, 0)
     d_i, d_g, d_f, d_o = d_pre.chunk(4, 0)
     torch.mul(dh, tanh_c, out=d_o)                              # dL/dσ(o)
@@ -101,13 +88,7 @@ def cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_pre):
 def scaled_cell_forward(scale_t, z, gate_bias, d, h_proj, x_proj, c_prev, mask, act, c_out, tanh_c_out, h_out):
     """``cell_forward`` of the row-scaled pre-activations d_b + d_h * h_proj + d_x * x_proj, where
     [d_x ; d_h ; d_b] = scale_t z + gate_bias (12, N, B): scale_t (12, N, N_z) contiguous, z (12, N_z, B),
-    gate_bias (12, N, 1) (zero but on the d_b rows). ``d`` (12, N, B) is scratch for the fallback; the C++
-    loop computes the scaling vectors row by row instead."""
-    kernels = cpu_kernels(z)
-    if kernels is not None:
-        kernels.scaled_cell_forward(scale_t, z, gate_bias[8:].view(-1), h_proj, x_proj, c_prev, mask, act, c_out,
-                                    tanh_c_out, h_out)
-        return
+    gate_bias (12, N, 1) (zero but on the d_b rows); ``d`` (12, N, B) is scratch."""
     torch.baddbmm(gate_bias, scale_t, z, out=d)
     d_x, d_h, d_b = d.view(3, -1, d.shape[-1])
     gates = d_b.addcmul_(d_h, h_proj).addcmul_(d_x, x_proj)
@@ -119,22 +100,17 @@ def scaled_cell_backward(act, tanh_c, c_prev, dh, dc, mask, x_proj, h_proj, scal
     """Backward of ``scaled_cell_forward`` for the undoubled candidate (the caller's unscaled ``scale_t``):
     writes d_x_main = g d_x and d_h_proj = g d_h (g = dL/d(gates), (4N, B)), d_bias (4N) = row sums of g,
     d_z (12, N_z, B) = dL/dz; adds dL/d(scale) to ``d_scale`` (12, N_z, N); returns dL/dc_prev.
-    ``scratch`` = (dd (3, 4N, B), d (8, N, B)). The elementwise part is one C++ loop where ``_ext`` is built."""
+    ``scratch`` = (dd (3, 4N, B), d (8, N, B))."""
     dd, d = scratch
-    kernels = cpu_kernels(act)
-    if kernels is not None:
-        dc_prev = kernels.scaled_cell_backward(act, tanh_c, c_prev, dh, dc, mask, x_proj, h_proj, scale_t, z, dd,
-                                               d_x_main, d_h_proj, d_bias)
-    else:
-        d_gate = dd[2]  # dL/d(gates) is also dL/d(d_b)
-        dc_prev = cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_gate)
-        torch.bmm(scale_t[:8], z[:8], out=d)  # d_x, d_h as in the forward
-        d_x, d_h = d.view(2, -1, d.shape[-1])
-        torch.mul(d_gate, x_proj, out=dd[0])
-        torch.mul(d_gate, h_proj, out=dd[1])
-        torch.mul(d_gate, d_x, out=d_x_main)
-        torch.mul(d_gate, d_h, out=d_h_proj)
-        torch.sum(d_gate, 1, out=d_bias)
+    d_gate = dd[2]  # dL/d(gates) is also dL/d(d_b)
+    dc_prev = cell_backward(act, tanh_c, c_prev, dh, dc, mask, d_gate)
+    torch.bmm(scale_t[:8], z[:8], out=d)  # d_x, d_h as in the forward
+    d_x, d_h = d.view(2, -1, d.shape[-1])
+    torch.mul(d_gate, x_proj, out=dd[0])
+    torch.mul(d_gate, h_proj, out=dd[1])
+    torch.mul(d_gate, d_x, out=d_x_main)
+    torch.mul(d_gate, d_h, out=d_h_proj)
+    torch.sum(d_gate, 1, out=d_bias)
     dd = dd.view(scale_t.shape[0], scale_t.shape[1], -1)                  # (12, N, B): [d_x ; d_h ; d_b] gradients
     d_scale.baddbmm_(z, dd.transpose(1, 2))
     torch.bmm(scale_t.transpose(1, 2), dd, out=d_z)

@@ -23,8 +23,9 @@ import weakref
 
 import torch
 
-from hyperlab.models.fused_cell import (cell_backward, cell_forward, cpu_kernels, forget_offset, gate_scale, mm,
-                                        mm_add, scaled_cell_backward, scaled_cell_forward)
+from hyperlab.models import _ext
+from hyperlab.models.fused_cell import (cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add,
+                                        scaled_cell_backward, scaled_cell_forward)
 
 
 class HyperLSTMSequence(torch.autograd.Function):
@@ -50,7 +51,7 @@ class HyperLSTMSequence(torch.autograd.Function):
         masks = None if masks is None else masks.transpose(1, 2).contiguous()  # (T, H, B)
         states, cs, hyper_cs = buffers[:3]
         states[0, :hidden], states[0, hidden:], cs[0], hyper_cs[0] = h0.t(), hyper_h0.t(), c0.t(), hyper_c0.t()
-        kernels = cpu_kernels(x)
+        kernels = _cpu_kernels(x)
         if kernels is not None:  # the loop below, in C++
             h_projs = kernels.forward_sequence(x_proj, weight_h_cat, hyper_weight_h_fwd, weight_z, z_bias.unsqueeze(1),
                                                scale_t, gate_bias[8:].view(-1), masks, *buffers)
@@ -67,6 +68,11 @@ class HyperLSTMSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_outputs, dh, dc, d_hyper_h, d_hyper_c):
         return _Backward(ctx, d_outputs).run(dh, dc, d_hyper_h, d_hyper_c)
+
+
+def _cpu_kernels(like: torch.Tensor):
+    """The C++ recurrence (``_ext``) for CPU tensors where it is built, else None: the Python loops here."""
+    return _ext.kernels() if like.device.type == "cpu" else None
 
 
 def _forward_loop(x_proj, weight_h_cat, hyper_weight_h_fwd, weight_z, z_bias, scale_t, gate_bias, masks, buffers):
@@ -223,7 +229,7 @@ class _Backward:
         features = 8 * self.hidden + 4 * self.hyper
         chunk = max(1, self.SCRATCH_BYTES // (features * batch * self.x.element_size()))
         d_proj = _scratch.get("d_proj", (min(chunk, steps), features, batch), self.x)
-        kernels = cpu_kernels(self.x)
+        kernels = _cpu_kernels(self.x)
         for end in range(steps, 0, -chunk):
             begin = max(0, end - chunk)
             if kernels is not None:  # the loop below, in C++
