@@ -39,6 +39,19 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 ``model/compression_ratio`` only for models with a static hypernetwork)."""
 
 
+LOG_SCALE = frozenset({"model/n_params"})
+"""Metrics read on a log scale (parameter counts span orders of magnitude): figures, knees and
+hypervolumes measure them in decades."""
+
+NATURAL_WORST: dict[str, float] = {"val/acc": 0.0, "test/acc": 0.0}
+"""Worst possible values of bounded metrics: a search's reference point can be fixed before any trial."""
+
+# What became of a trial: trained to the end, stopped early (or interrupted and never resumed),
+# failed after its retries, or still running. Fronts are computed from complete trials only.
+COMPLETE, PARTIAL, FAILED, RUNNING = "complete", "partial", "failed", "running"
+FIDELITIES = (COMPLETE, PARTIAL, FAILED)
+
+
 def direction(name: str) -> Direction:
     """The direction ('min' or 'max') of a known metric; KeyError names the unknown one."""
     try:

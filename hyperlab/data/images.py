@@ -122,14 +122,10 @@ def _cifar10(folder: Path) -> ImageData:
 
 
 def _read_cifar_tar(archive: Path) -> dict[str, np.ndarray]:
-    batches = {}
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
-            stem = Path(member.name).name
-            if stem.startswith(("data_batch_", "test_batch")):
-                # trusted pickle: the file passed its sha256 check (or the user put it there)
-                with tar.extractfile(member) as file:
-                    batches[stem] = pickle.load(file, encoding="bytes")
+    try:
+        batches = _cifar_batches(archive)
+    except (pickle.UnpicklingError, tarfile.TarError, EOFError, OSError, ValueError) as err:
+        raise UserError(f"{archive}: not a CIFAR-10 python archive ({err})") from None
     train_names = [f"data_batch_{i}" for i in range(1, 6)]
     if sorted(batches) != sorted(train_names + ["test_batch"]):
         raise UserError(f"{archive}: expected cifar-10-batches-py/data_batch_1..5 and test_batch, "
@@ -142,6 +138,32 @@ def _read_cifar_tar(archive: Path) -> dict[str, np.ndarray]:
     train_x, train_y = stack(train_names)
     test_x, test_y = stack(["test_batch"])
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain data (dicts, lists, bytes, numbers) and numpy arrays, nothing else: a pickle
+    that names any other callable is refused instead of run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # protocol 2's bytes (the official archive's)
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds arrays only")
+        return super().find_class(module, name)
+
+
+def _cifar_batches(archive: Path) -> dict[str, dict]:
+    batches = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            stem = Path(member.name).name
+            if stem.startswith(("data_batch_", "test_batch")) and member.isfile():
+                with tar.extractfile(member) as file:  # sha256-checked, and unpickled to arrays only
+                    batches[stem] = _ArraysOnly(file, encoding="bytes").load()
+    return batches
 
 
 def _folder(name: str, folder: Path, in_data_dir: bool) -> ImageData:

@@ -10,9 +10,9 @@ training tokens). Symbols of the valid/test splits never seen in training map to
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

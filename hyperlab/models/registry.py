@@ -1,51 +1,37 @@
-"""Model builders by name, and validated construction from a config dict."""
+"""The trainable model families by name: each name's typed config, which builds the model."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import Annotated
 
+import pydantic
+import torch
 from torch import nn
 
-from hyperlab.errors import ConfigError
-from hyperlab.models.char_rnn import CharRNN
-from hyperlab.models.convnets import MnistConvNet, WideResNet
-from hyperlab.models.hyperlstm import HyperLSTM
-from hyperlab.models.lstm import LSTM, LayerNormLSTM
+from hyperlab.models.char_rnn import CharRNNConfig
+from hyperlab.models.config import DataShape, ModelConfig
+from hyperlab.models.convnets import MnistConvNetConfig, WideResNetConfig
 
-MODELS: dict[str, type[nn.Module]] = {
-    "char_rnn": CharRNN,
-    "mnist_convnet": MnistConvNet,
-    "wide_resnet": WideResNet,
-    "hyperlstm": HyperLSTM,
-    "lstm": LSTM,
-    "ln_lstm": LayerNormLSTM,
+MODELS: dict[str, type[ModelConfig]] = {
+    "char_rnn": CharRNNConfig,
+    "mnist_convnet": MnistConvNetConfig,
+    "wide_resnet": WideResNetConfig,
 }
 
-
-def _builder(name: Any) -> type[nn.Module]:
-    if name not in MODELS:
-        raise ConfigError(None, [("model.name", f"unknown model {name!r}; expected one of {', '.join(MODELS)}")])
-    return MODELS[name]
+AnyModelConfig = Annotated[CharRNNConfig | MnistConvNetConfig | WideResNetConfig,
+                           pydantic.Field(discriminator="name")]
+"""The ``model:`` section of a training config: one of the families, told apart by ``name``."""
 
 
-def model_arguments(name: str) -> dict[str, Any]:
-    """Keyword arguments of model ``name`` and their defaults (``inspect.Parameter.empty`` if required)."""
-    params = inspect.signature(_builder(name)).parameters
-    return {key: p.default for key, p in params.items() if key != "self"}
+def build_model(config: ModelConfig, data: DataShape) -> nn.Module:
+    """The model of a validated config, with the arguments that come from the data."""
+    return config.build(data)
 
 
-def build_model(config: dict) -> nn.Module:
-    """Build ``MODELS[config["name"]](**rest)``; unknown or missing keys raise ConfigError naming them."""
-    if "name" not in config:
-        raise ConfigError(None, [("model.name", f"required key is missing; expected one of {', '.join(MODELS)}")])
-    kwargs = {k: v for k, v in config.items() if k != "name"}
-    arguments = model_arguments(config["name"])
-    problems = [(f"model.{key}", f"unknown key; expected one of {', '.join(arguments)}")
-                for key in kwargs if key not in arguments]
-    problems += [(f"model.{key}", "required key is missing")
-                 for key, default in arguments.items()
-                 if default is inspect.Parameter.empty and key not in kwargs]
-    if problems:
-        raise ConfigError(None, problems)
-    return MODELS[config["name"]](**kwargs)
+def size_model(config: ModelConfig, data: DataShape) -> dict:
+    """``parameter_report`` of the model built on the meta device: no memory, milliseconds."""
+    from hyperlab.models.report import parameter_report
+
+    with torch.device("meta"):
+        model = config.build(data)
+    return parameter_report(model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 
 def corpus(dataset: str, data_dir: str | None = None):
@@ -20,11 +19,13 @@ def images(dataset: str, data_dir: str | None = None):
     return _images(dataset, str(resolve_data_dir(data_dir)))
 
 
-def data_arguments(task: str, dataset: str, data_dir: str | None = None) -> dict[str, Any]:
-    """The model-builder arguments that come from the data: ``vocab_size`` or ``num_classes``."""
+def data_shape(task: str, dataset: str, data_dir: str | None = None):
+    """What the model learns from the data: the corpus's ``vocab_size`` or the ``num_classes``."""
+    from hyperlab.models import DataShape
+
     if task == "charlm":
-        return {"vocab_size": corpus(dataset, data_dir).vocab_size}
-    return {"num_classes": images(dataset, data_dir).num_classes}
+        return DataShape(vocab_size=corpus(dataset, data_dir).vocab_size)
+    return DataShape(num_classes=images(dataset, data_dir).num_classes)
 
 
 @functools.lru_cache(maxsize=4)

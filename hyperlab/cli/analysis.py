@@ -1,4 +1,5 @@
-"""``hyperlab pareto``, ``hyperlab compare`` and ``hyperlab list`` (argparse definitions in hyperlab.cli)."""
+"""``hyperlab pareto``, ``hyperlab compare`` and ``hyperlab list``: searches read from MLflow, analysed
+by ``hyperlab.analysis``, printed as tables."""
 
 from __future__ import annotations
 
@@ -10,25 +11,28 @@ import pandas as pd
 
 from hyperlab.analysis.compare import compare_searches, shared_objectives
 from hyperlab.analysis.figures import overlay_figure
-from hyperlab.analysis.load import RUNNING, load_search, load_search_meta, objectives_of
-from hyperlab.analysis.pareto import LOG_SCALE
 from hyperlab.analysis.paper import closest_paper_result, dataset_of, paper_table
-from hyperlab.tracking import layout
 from hyperlab.analysis.report import front_table, write_front
-from hyperlab.tracking import read
-from hyperlab.tracking.layout import FIDELITIES
+from hyperlab.cli.files import check_out_file, check_out_folder
+from hyperlab.errors import UserError
+from hyperlab.metrics import FIDELITIES, LOG_SCALE, RUNNING
+from hyperlab.tracking import layout, read
+from hyperlab.tracking.searches import load_search, load_search_meta, objectives_of
 from hyperlab.tracking.store import resolve_tracking_uri
 
 SPACE_HASH_TAG = layout.TAG_SPACE_HASH
-_META_COLUMNS = {"run_id", "status", "fidelity", "start_time", "end_time", "ray_trial_id", "checkpoint"}
+_META_COLUMNS = {"run_id", "status", "fidelity", "start_time", "end_time", "ray_trial_id", "checkpoint", "outcome",
+                 "optuna_trial"}
 
 
 def pareto(args: argparse.Namespace) -> int:
     """Print a search's front (rank-1 complete trials, knee marked, paper's closest result) and
     optionally write it to ``--out`` (.parquet or .csv)."""
     uri = resolve_tracking_uri(args.tracking_uri)
+    if args.out:
+        check_out_file(Path(args.out), "--out", (".parquet", ".csv"))
     df, front, objectives = _search_front(args.name, uri)
-    if args.out:  # written before printing: a bad extension fails fast
+    if args.out:
         write_front(front, args.out)
     _print_front(args.name, front, objectives, df)
     if args.out:
@@ -74,22 +78,34 @@ def _print_front(name: str, front: pd.DataFrame, objectives: dict[str, str], df:
     from rich.table import Table
 
     counts = df["fidelity"].value_counts()
-    table = Table(title=f"Pareto front of {name}: {len(front)} of {counts.get('complete', 0)} complete trials "
-                        f"({counts.get('partial', 0)} partial, {counts.get('failed', 0)} failed shown apart)")
+    table = Table(title=f"Pareto front of {name}: {len(front)} of {counts.get('complete', 0)} complete trials")
     params = [c for c in front.columns if c not in _META_COLUMNS and c not in objectives
               and "/" not in c and c != "knee" and not c.startswith("paper_")]
-    fixed = [c for c in params if c in df and df[c].nunique(dropna=False) == 1]
+    fixed = [c for c in params if c in df and df[c].nunique(dropna=False) == 1 and c != "throughput"]
     params = [c for c in params if c not in fixed]  # constant params go to the caption
-    table.caption = "fixed: " + ", ".join(f"{c}={_fmt(df[c].iloc[0])}" for c in fixed) if fixed else None
+    caption = [f"trials: {counts.get('complete', 0)} complete, {counts.get('partial', 0)} stopped early or "
+               f"interrupted, {counts.get('failed', 0)} failed (only complete trials can be on the front)"]
+    if fixed:
+        caption.append("same in every trial: " + ", ".join(f"{c} = {_fmt(df[c].iloc[0])}" for c in fixed))
+    caption.append("knee *: the best trade-off (farthest from the line joining the front's ends)")
+    table.caption = "\n".join(caption)
     paper = [c for c in ("paper_model", "paper_params", "paper_value") if c in front.columns]
-    for column in ["knee", "run_id", *objectives, *params, *paper]:
-        table.add_column(column, justify="left" if column in ("run_id", "paper_model") else "right",
+    unit = _throughput_unit(df)
+    for column in ["knee", "trial", "run_id", *objectives, *params, *paper]:
+        header = {"throughput": f"throughput ({unit})", "model/n_params": "model/n_params (count)"}.get(column, column)
+        table.add_column(header, justify="left" if column in ("run_id", "paper_model") else "right",
                          overflow="fold", min_width=12 if column == "run_id" else None)
     for _, row in front.iterrows():
-        cells = ["*" if row["knee"] else "", str(row["run_id"])[:12]]
+        trial = row.get("optuna_trial")
+        cells = ["*" if row["knee"] else "", _fmt(trial), str(row["run_id"])[:12]]
         cells += [_fmt(row[c]) for c in [*objectives, *params, *paper]]
         table.add_row(*cells)
-    Console(width=max(120, 14 * (len(params) + len(objectives) + 4))).print(table)
+    Console(width=max(120, 14 * (len(params) + len(objectives) + 5))).print(table)
+
+
+def _throughput_unit(df: pd.DataFrame) -> str:
+    """What a trial's ``throughput`` counts per second: characters for a char model, images otherwise."""
+    return "chars/s" if any(str(c).startswith(("val/bpc", "test/bpc")) for c in df.columns) else "images/s"
 
 
 def _fmt(value) -> str:
@@ -102,17 +118,19 @@ def _fmt(value) -> str:
 
 def compare(args: argparse.Namespace) -> int:
     """Overlay the fronts, print hypervolumes against one reference, cross-domination and spread."""
-    from hyperlab.errors import UserError
-
     if len(args.names) < 2:
         raise UserError(f"compare needs two or more search names, got {args.names}")
+    twice = sorted({name for name in args.names if args.names.count(name) > 1})
+    if twice:
+        raise UserError(f"compare: {', '.join(repr(n) for n in twice)} named more than once; "
+                        "compare distinct searches")
+    out = check_out_folder(Path(args.out), "--out")
     uri = resolve_tracking_uri(args.tracking_uri)
     metas = {name: load_search_meta(name, uri) for name in args.names}
     objectives = shared_objectives({name: objectives_of(meta) for name, meta in metas.items()})
     searches = {name: load_search(name, uri) for name in args.names}
     result = compare_searches(searches, objectives)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
     if len(objectives) >= 2:
         overlay_figure(searches, objectives, out / "fronts.png", out / "fronts.html", title=" vs ".join(args.names))
     result["domination"].to_csv(out / "domination.csv", index=False)

@@ -1,0 +1,5 @@
+import sys
+
+from hyperlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,19 @@
+"""The one place hyperlab reaches into Optuna's private parts.
+
+``Study.ask`` creates a trial, then writes its parameters one by one; a driver killed in between leaves
+a trial with some or none of them. ``finish_ask`` writes the rest as that ask would have (``Trial`` on
+the existing trial, then ``Trial._suggest`` for each distribution, which keeps the ones already written),
+so the trial is adopted under its own number. Tested on Optuna 5.0 (``pyproject.toml`` bounds it).
+"""
+
+from __future__ import annotations
+
+import optuna
+
+
+def finish_ask(study: optuna.Study, trial_id: int, distributions: dict) -> dict:
+    """Complete an ask that was cut short with the study's sampler; the trial's parameters."""
+    trial = optuna.trial.Trial(study, trial_id)
+    for name, distribution in distributions.items():
+        trial._suggest(name, distribution)
+    return dict(trial.params)
