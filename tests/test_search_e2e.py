@@ -13,21 +13,25 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 
-from hyperlab.analysis import load_search, pareto_front
-from hyperlab.tracking import layout
-from hyperlab.tracking.store import init_store
+from hyperlab.analysis import pareto_front
+from hyperlab.cli import main
+from hyperlab.tracking import layout, load_search
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_search.yaml"
+from conftest import REPO, descendants
+
+TINY = REPO / "tests" / "data" / "tiny_search.yaml"
+pytestmark = pytest.mark.integration
 BUDGET = 8000
 
 
 def hyperlab(tmp_path: Path, *args: str, wait: bool = True, timeout: float = 300):
     cmd = [sys.executable, "-m", "hyperlab.cli", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri in this process sets it
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(tmp_path / "driver.log", "w"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -53,14 +57,38 @@ def runs_of(tmp_path: Path, name: str):
 
 
 def optuna_study(tmp_path: Path, name: str):
-    """The study as the searcher saved it with the experiment."""
-    from hyperlab.search.searcher import BudgetedOptunaSearch
-    from hyperlab.search.space import load_search_space
+    """The search's study, as Optuna's own tools open it (the database beside the MLflow store)."""
+    import optuna
 
-    space, base = load_search_space(TINY)
-    searcher = BudgetedOptunaSearch(space, base, study_name=name)
-    searcher.restore_from_dir(str(tmp_path / "ray" / name))
-    return searcher.study
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def _dashboard_sees(db: Path, name: str, trials: int, complete: int) -> None:
+    """optuna-dashboard, started on the study's database, serves the study with its trials."""
+    import json
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), f"sqlite:///{db}",
+                               "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None and time.time() < deadline:
+            try:
+                studies = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2))
+            except OSError:
+                time.sleep(0.3)
+        [summary] = studies["study_summaries"]
+        assert summary["study_name"] == name
+        detail = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}?after=0"))
+        assert len(detail["trials"]) == trials and [t["state"] for t in detail["trials"]].count("Complete") == complete
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def write_space(tmp_path: Path, **changes) -> Path:
@@ -76,7 +104,7 @@ def write_space(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def test_search_end_to_end(tmp_path):
+def test_search_end_to_end(mlflow_store, tmp_path, capsys, monkeypatch):
     out = hyperlab(tmp_path, *search_args(tmp_path, TINY, "tiny"))
     assert out.returncode == 0, out.stdout + out.stderr
     client, parents, trials = runs_of(tmp_path, "tiny")
@@ -94,7 +122,9 @@ def test_search_end_to_end(tmp_path):
         assert set(run.data.params) == {"model.hidden_size", "model.hyper_size", "model.n_z"}
         assert run.data.metrics["model/n_params"] <= BUDGET  # over-budget configurations never train
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/bpc")] == [10, 20]
-        assert Path(run.data.tags[layout.TAG_CHECKPOINT]).is_dir()
+        checkpoint = Path(run.data.tags[layout.TAG_CHECKPOINT])  # the trial's final checkpoint, and only it
+        assert checkpoint.name == "checkpoint-20" and sorted(p.name for p in checkpoint.parent.iterdir()) == [
+            "LATEST", "checkpoint-20"]
     assert len({r.data.tags[layout.TAG_OPTUNA_TRIAL] for r in trials}) == 4
 
     study = optuna_study(tmp_path, "tiny")
@@ -103,6 +133,7 @@ def test_search_end_to_end(tmp_path):
     infeasible = [t for t in study.trials if "infeasible" in t.user_attrs]
     assert infeasible and all(t.state.name == "FAIL" for t in infeasible)  # sampled but never trained
     assert all(int(t.user_attrs["infeasible"].split()[0]) > BUDGET for t in infeasible)
+    _dashboard_sees(tmp_path / "optuna.db", "tiny", len(study.trials), states.count("COMPLETE"))
     # Optuna's values are the objectives each trial logged
     by_number = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r for r in trials}
     for t in study.trials:
@@ -111,6 +142,7 @@ def test_search_end_to_end(tmp_path):
             assert t.values == [run.data.metrics["model/n_params"], run.data.metrics["val/bpc"]]
 
     # the front the command prints is the front of the runs, worked out from mlflow.search_runs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri(tmp_path))  # undone after the test (set_tracking_uri would leak)
     mlflow.set_tracking_uri(uri(tmp_path))
     raw = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.`hyperlab.role` = 'trial'")
     objectives = {"model/n_params": "min", "val/bpc": "min"}
@@ -120,11 +152,51 @@ def test_search_end_to_end(tmp_path):
     front = df[pareto_front(df, objectives) == 1]
     assert {tuple(p) for p in front[list(objectives)].to_numpy()} == expected
     front_csv = tmp_path / "front.csv"
-    assert hyperlab(tmp_path, "pareto", "tiny", "--tracking-uri", uri(tmp_path), "--out", str(front_csv)).returncode == 0
+    assert main(["pareto", "tiny", "--tracking-uri", uri(tmp_path), "--out", str(front_csv)]) == 0
     import pandas as pd
 
     written = pd.read_csv(front_csv)
     assert {tuple(p) for p in written[list(objectives)].to_numpy()} == expected
+
+    # the runs read as the MLflow UI shows them: model-training experiment, trial names, front and knee tags
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in trials:
+        p = run.data.params
+        assert run.info.run_name == (f"t{int(run.data.tags[layout.TAG_OPTUNA_TRIAL]):02d} h{p['model.hidden_size']} "
+                                     f"hy{p['model.hyper_size']} z{p['model.n_z']}")
+        # the parameter report once (step 0), the learning curves at every evaluation
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "model/n_params")] == [
+            (0, run.data.metrics["model/n_params"])]
+        assert not [k for k in run.data.metrics if k.startswith("model/") and k not in
+                    ("model/n_params", "model/compression_ratio")]
+    final = runs_of(tmp_path, "tiny")[2]  # tags as they are now
+    tagged_front = {r.info.run_id for r in final if r.data.tags.get(layout.TAG_FRONT) == "1"}
+    assert all(len(run_id) == 32 for run_id in written["run_id"])  # full ids in --out
+    assert tagged_front == set(written["run_id"])
+    assert {r.info.run_id for r in final if r.data.tags.get(layout.TAG_KNEE) == "1"} == set(
+        written.loc[written["knee"], "run_id"])
+    ranks = pareto_front(df, objectives)
+    assert {r.info.run_id: r.data.tags[layout.TAG_FRONT] for r in final} == {
+        row.run_id: str(int(rank == 1)) for row, rank in zip(df.itertuples(), ranks)}
+    note = parent.data.tags[layout.TAG_NOTE]
+    assert layout.TRADEOFF_HTML_ARTIFACT in note and "tags.hyperlab.front = '1'" in note
+
+    # every trial's model one command away: its weights and config are the run's artifacts
+    run = trials[0]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
+        "checkpoint/model.pt", "checkpoint/config.yaml"}
+    from hyperlab import load_model  # the package's own entry point
+    from hyperlab.training.checkpoint import load_model_state
+
+    model = load_model(run.info.run_id[:10], tracking_uri=uri(tmp_path))
+    reference = load_model_state(Path(run.data.tags[layout.TAG_CHECKPOINT]), "cpu")  # the storage's copy
+    assert model.state_dict().keys() == reference.keys()
+    assert all(torch.equal(model.state_dict()[k], reference[k]) for k in reference)
+    sampled = hyperlab(tmp_path, "sample", run.info.run_id[:8], "--tracking-uri", uri(tmp_path),
+                           "--length", "30", "--out", str(tmp_path / "sampled"))
+    assert sampled.returncode == 0, sampled.stdout + sampled.stderr
+    assert len((tmp_path / "sampled" / "sample.txt").read_text()) == 30
 
     # the parent run carries the front, the figures and the hypervolume series
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
@@ -134,18 +206,20 @@ def test_search_end_to_end(tmp_path):
     assert series[-1].step == 4 and all(a.value <= b.value for a, b in zip(series, series[1:]))
 
     # resuming a finished search changes nothing; a new search may not take its name
-    again = hyperlab(tmp_path, "resume", "tiny", "--storage", str(tmp_path / "ray"))
-    assert again.returncode == 0 and "already finished" in again.stdout
+    capsys.readouterr()
+    assert main(["resume", "tiny", "--tracking-uri", uri(tmp_path)]) == 0  # no Ray needed: nothing to run
+    assert "already finished" in capsys.readouterr().out
     assert len(runs_of(tmp_path, "tiny")[2]) == 4
-    taken = hyperlab(tmp_path, "search", str(TINY), "--name", "tiny", "--storage", str(tmp_path / "other"),
-                     "--tracking-uri", uri(tmp_path))
-    assert taken.returncode == 2 and "a search named 'tiny' already exists" in taken.stderr
+    taken = main(["search", str(TINY), "--name", "tiny", "--storage", str(tmp_path / "other"),
+                  "--tracking-uri", uri(tmp_path)])
+    assert taken == 2 and "a search named 'tiny' already exists" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
 
 
-def test_driver_killed_mid_search_resumes_without_duplicates(tmp_path):
-    space = write_space(tmp_path, fixed__schedule__steps=60, fixed__schedule__eval_every=10, trials=4)
-    init_store(uri(tmp_path))  # this test reads the store while the driver writes it: create it first
+@pytest.mark.long
+def test_driver_killed_mid_search_resumes_without_duplicates(mlflow_store, tmp_path):
+    # trials long enough (tens of seconds even on a fast machine) that the poll sees the middle
+    space = write_space(tmp_path, fixed__schedule__steps=2000, fixed__schedule__eval_every=200, trials=4)
     driver = hyperlab(tmp_path, *search_args(tmp_path, space, "killed"), wait=False)
     try:
         deadline = time.time() + 240
@@ -165,13 +239,13 @@ def test_driver_killed_mid_search_resumes_without_duplicates(tmp_path):
 
     client, _, before = runs_of(tmp_path, "killed")
     assert any(r.info.status == "RUNNING" for r in before)
-    steps_before = {r.data.tags[layout.TAG_TRIAL_ID]: _history(client, r) for r in before}
+    steps_before = {r.data.tags[layout.TAG_OPTUNA_TRIAL]: _history(client, r) for r in before}
 
-    out = hyperlab(tmp_path, "resume", "killed", "--storage", str(tmp_path / "ray"), "--num-cpus", "2")
+    out = hyperlab(tmp_path, "resume", "killed", "--tracking-uri", uri(tmp_path), "--num-cpus", "2")
     assert out.returncode == 0, out.stdout + out.stderr
     client, parents, after = runs_of(tmp_path, "killed")
     assert [p.info.status for p in parents] == ["FINISHED"]
-    ids = [r.data.tags[layout.TAG_TRIAL_ID] for r in after]
+    ids = [r.data.tags[layout.TAG_OPTUNA_TRIAL] for r in after]
     assert len(ids) == len(set(ids))  # every trial exactly once
     assert not [r for r in after if r.info.status == "RUNNING"]
     complete = [r for r in after if r.data.tags[layout.TAG_FIDELITY] == layout.COMPLETE]
@@ -179,22 +253,19 @@ def test_driver_killed_mid_search_resumes_without_duplicates(tmp_path):
     for run in after:
         history = _history(client, run)
         if run.info.status == "FINISHED":
-            assert sorted(history) == list(range(10, 61, 10))
+            assert sorted(history) == list(range(200, 2001, 200))
         # a resumed trial continued from its checkpoint: a step logged before the kill and again after
         # it has the same validation BPC (exact resume), never a different one
-        for step, value in steps_before.get(run.data.tags[layout.TAG_TRIAL_ID], {}).items():
+        for step, value in steps_before.get(run.data.tags[layout.TAG_OPTUNA_TRIAL], {}).items():
             assert history[step] == pytest.approx(value, rel=1e-6)
 
 
-def _trial_worker_pid() -> int | None:
-    """The process running a Tune trial (Ray titles it ``ray::ImplicitFunc...``)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"ImplicitFunc" in (proc / "cmdline").read_bytes():
-                return int(proc.name)
-        except OSError:
-            continue
-    return None
+def _trial_worker_pid(driver_pid: int, run) -> int | None:
+    """The process running the trial (its run says ``IP:PID``), if it is one of the driver's own Ray's
+    (a descendant of the driver: its local Ray's raylet starts the workers), never another test's."""
+    process = run.data.tags.get(layout.TAG_PROCESS, "")
+    pid = int(process.rpartition(":")[2]) if process else None
+    return pid if pid in descendants(driver_pid) else None
 
 
 def _kill_group(pgid: int) -> None:
@@ -208,14 +279,14 @@ def _history(client, run) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/bpc")}
 
 
-def test_stopped_failed_and_complete_trials_each_go_where_they_belong(tmp_path):
+def test_stopped_failed_and_complete_trials_each_go_where_they_belong(mlflow_store, tmp_path):
     """One search, three fates: trained to the end, stopped early by ASHA, diverged (retried, then failed)."""
     space = write_space(tmp_path, trials=4, concurrency=2, budget=None, retries=1,
                         fixed__schedule__steps=30, fixed__schedule__eval_every=10,
                         fixed__model={"cell": "hyperlstm", "hidden_size": 16, "hyper_size": 8, "n_z": 2},
                         early_stopping={"metric": "val/bpc", "grace_period": 1, "reduction_factor": 2},
                         space={"optim.lr": {"type": "choice", "values": [0.03, 1.0e-7, 1.0e+20]}},
-                        sampler={"name": "random", "seed": 10})  # lr: 0.03, 0.03, 1e-7, 1e20
+                        sampler={"name": "random", "seed": 38})  # lr: 0.03, 0.03, 1e-7, 1e20
     out = hyperlab(tmp_path, *search_args(tmp_path, space, "fates"))
     assert out.returncode == 0, out.stdout + out.stderr
     client, parents, trials = runs_of(tmp_path, "fates")
@@ -245,15 +316,15 @@ def test_stopped_failed_and_complete_trials_each_go_where_they_belong(tmp_path):
     df = load_search("fates", uri(tmp_path))
     front = df[pareto_front(df, {"model/n_params": "min", "val/bpc": "min"}) == 1]
     assert set(front["run_id"]) <= {r.info.run_id for r in by_lr["0.03"]}
-    assert (tmp_path / "ray" / "fates" / "asha_state.pkl").is_file()  # the rungs survive a driver crash
+    assert (tmp_path / "ray" / "fates" / "early_stopping.json").is_file()  # the rungs survive a driver crash
 
 
-def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
+@pytest.mark.long
+def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(mlflow_store, tmp_path):
     space = write_space(tmp_path, trials=1, retries=1, budget=None,
-                        fixed__schedule__steps=400, fixed__schedule__eval_every=20,
+                        fixed__schedule__steps=3000, fixed__schedule__eval_every=100,  # outlasts the poll
                         fixed__model={"cell": "hyperlstm", "hidden_size": 16, "hyper_size": 8, "n_z": 2},
                         space={"optim.lr": {"type": "choice", "values": [0.01]}})
-    init_store(uri(tmp_path))
     driver = hyperlab(tmp_path, *search_args(tmp_path, space, "lost"), wait=False)
     try:
         deadline, victim = time.time() + 180, None
@@ -261,7 +332,7 @@ def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
             time.sleep(0.5)
             _, _, trials = runs_of(tmp_path, "lost")
             if trials and len(_history(MlflowClient(uri(tmp_path)), trials[0])) >= 2:
-                victim = _trial_worker_pid()
+                victim = _trial_worker_pid(driver.pid, trials[0])
         assert victim is not None, (tmp_path / "driver.log").read_text()
         os.kill(victim, signal.SIGKILL)  # the trial's worker process dies, as on a lost node
         assert driver.wait(timeout=240) == 0, (tmp_path / "driver.log").read_text()
@@ -271,7 +342,7 @@ def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags[layout.TAG_RETRIES] == "1"
     history = client.get_metric_history(run.info.run_id, "val/bpc")
     steps = [m.step for m in history]
-    assert sorted(set(steps)) == list(range(20, 401, 20))  # continued from its last checkpoint
+    assert sorted(set(steps)) == list(range(100, 3001, 100))  # continued from its last checkpoint
     assert len(steps) - len(set(steps)) <= 1  # at most the step after that checkpoint was logged twice
     by_step = {}
     for m in history:
@@ -279,14 +350,69 @@ def test_trial_whose_worker_is_killed_is_retried_from_its_checkpoint(tmp_path):
     assert all(len(values) == 1 for values in by_step.values())  # and the repeat equals the original
 
 
-def test_quickstart_smoke_test(tmp_path):
+def test_quickstart_smoke_test(mlflow_store, tmp_path):
     """The README's quickstart search, shrunk by --smoke-test to two trials of a few steps."""
-    out = hyperlab(tmp_path, *search_args(tmp_path, ROOT / "search_spaces" / "quickstart.yaml", "qs"), "--smoke-test")
+    out = hyperlab(tmp_path, *search_args(tmp_path, REPO / "search_spaces" / "quickstart.yaml", "qs"), "--smoke-test")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "mlflow ui --backend-store-uri" in out.stdout
+    assert "mlflow ui --backend-store-uri" in out.stdout and "?workflowType=machine_learning" in out.stdout
+    # the console: one progress line, no library log lines (Ray's, Optuna's, MLflow's) without --verbose
+    printed = out.stdout + out.stderr
+    assert "2/2 trials  running 0  failed 0  elapsed" in printed
+    assert not [line for line in printed.splitlines() if " INFO " in line or "View run" in line], printed
     client, _, trials = runs_of(tmp_path, "qs")
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
     assert all(max(_history(client, r)) == 20 for r in trials)
-    from hyperlab.search.runner import read_manifest
+    from hyperlab.tracking.read import read_manifest
 
-    assert read_manifest(str(tmp_path / "ray"), "qs")["smoke_test"] is True  # a resume shrinks it again
+    manifest = read_manifest("qs", uri(tmp_path))  # where the search lives, as resume reads it
+    assert manifest["smoke_test"] is True  # a resume shrinks it again
+    assert manifest["storage"] == str(tmp_path / "ray") and manifest["tracking_uri"] == uri(tmp_path)
+    assert manifest["optuna_storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"  # beside the MLflow store
+
+
+@pytest.mark.long
+def test_searches_from_two_folders_with_one_tracking_uri_share_one_home(_empty_store, tmp_path):
+    """``MLFLOW_TRACKING_URI`` is the store wherever a search starts; Ray's results go beside it, not into
+    the folder it started from."""
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(_empty_store, home / "mlflow.db")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        out = subprocess.run([sys.executable, "-m", "hyperlab.cli", "search", str(TINY), "--smoke-test", "--name",
+                              f"from-{folder}", "--num-cpus", "2"], cwd=tmp_path / folder, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert list((tmp_path / folder).iterdir()) == []  # nothing written where it started
+    listed = subprocess.run([sys.executable, "-m", "hyperlab.cli", "list"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "from-a" in listed.stdout and "from-b" in listed.stdout, listed.stdout + listed.stderr
+    assert sorted(p.name for p in (home / "ray").iterdir()) == ["from-a", "from-b"]
+    for name in ("from-a", "from-b"):
+        df = load_search(name, env["MLFLOW_TRACKING_URI"])
+        assert len(df) == 2 and (df["fidelity"] == "complete").all()
+
+
+@pytest.mark.long
+def test_the_cpu_kernels_are_built_once_before_the_trials_with_a_notice(mlflow_store, tmp_path):
+    """On a machine without the C++ cell loops (a fresh extensions folder), the driver builds them before
+    any trial starts and says so; the trials load that build, and their clocks do not include it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "hyperlab.cli", *search_args(tmp_path, TINY, "fresh")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - started
+    assert out.returncode == 0, out.stdout + out.stderr
+    notice = [line for line in out.stdout.splitlines() if "building the HyperLSTM's C++ cell loops" in line]
+    built = [line for line in out.stdout.splitlines() if line.strip().startswith("built in")]
+    assert len(notice) == 1 and len(built) == 1, out.stdout
+    assert out.stdout.index(notice[0]) < out.stdout.index("━")  # before the first trial's progress
+    assert len(list((tmp_path / "extensions").rglob("*.so"))) == 1  # one build, shared by the trials
+    build_s = float(built[0].split()[2])
+    _, _, trials = runs_of(tmp_path, "fresh")
+    assert trials and build_s < wall
+    assert all(r.data.metrics["time/elapsed"] < build_s for r in trials), (build_s, [r.data.metrics for r in trials])

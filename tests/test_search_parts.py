@@ -4,51 +4,165 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import jsonschema
+import pandas as pd
+import pydantic
+import pytest
 import ray
 import yaml
 
-from hyperlab.search.searcher import COMPLETE_KEY, N_PARAMS_KEY, OPTUNA_TRIAL_KEY, BudgetedOptunaSearch
+from hyperlab.search.searcher import COMPLETE_KEY, N_PARAMS_KEY, OPTUNA_TRIAL_KEY, StudySearcher, create_study
 from hyperlab.search.space import Resources, load_search_space
 from hyperlab.training import parameter_count
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_search.yaml"
+from conftest import REPO
+
+TINY = REPO / "tests" / "data" / "tiny_search.yaml"
 
 
-def searcher():
+def searcher(tmp_path, seed: int = 1):
     space, base = load_search_space(TINY)
-    return BudgetedOptunaSearch(space, base, study_name="unit"), base, space.budget.max_params
+    space = space.model_copy(update={"sampler": space.sampler.model_copy(update={"seed": seed})})
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    create_study(space, "unit", url)
+    return StudySearcher(space, base, study_name="unit", optuna_storage=url), base, space.budget.max_params
 
 
-def test_suggestions_are_sized_and_over_budget_ones_never_reach_tune():
-    search, base, budget = searcher()
-    for i in range(6):
+def test_suggestions_are_sized_and_over_budget_ones_never_reach_tune(tmp_path):
+    search, base, budget = searcher(tmp_path)
+    for i in range(4):  # the space's trials
         config = search.suggest(f"t{i}")
         overrides = {k: v for k, v in config.items() if not k.startswith("_")}
         n_params = parameter_count(base.with_overrides(overrides))["total"]
         assert config[N_PARAMS_KEY] == n_params <= budget
-    states = [t.state.name for t in search.study.trials]
-    assert states.count("RUNNING") == 6  # handed to Tune
-    rejected = [t for t in search.study.trials if t.state.name == "FAIL"]
-    assert len(rejected) == len(search.infeasible) > 0
-    assert all(entry["n_params"] > budget for entry in search.infeasible)
+    search.wait_for_tells()  # hand-outs are recorded off Tune's loop
+    trials = search.study.trials
+    assert [t.state.name for t in trials].count("RUNNING") == 4  # handed to Tune
+    assert {t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "RUNNING"} == {f"t{i}" for i in range(4)}
+    assert search.suggest("t4") == "FINISHED"  # the space asks for four
+    rejected = [t for t in trials if t.state.name == "FAIL"]
+    assert rejected and all(t.user_attrs["n_params"] > budget and "infeasible" in t.user_attrs for t in rejected)
 
 
-def test_early_stopped_trials_go_back_as_pruned_and_errors_as_failed():
-    search, _, _ = searcher()
+def test_early_stopped_trials_go_back_as_pruned_and_errors_as_failed(tmp_path):
+    search, _, _ = searcher(tmp_path)
     configs = {tid: search.suggest(tid) for tid in ("done", "stopped", "crashed")}
     result = {"model/n_params": 5000.0, "val/bpc": 4.5}
     search.on_trial_complete("done", {**result, COMPLETE_KEY: 1})
     search.on_trial_complete("stopped", result)  # ASHA's stop: a last result, but not the end
     search.on_trial_complete("crashed", None, error=True)
+    search.wait_for_tells()  # told off Tune's loop
     by_number = {t.number: t for t in search.study.trials}
     state = {tid: by_number[c[OPTUNA_TRIAL_KEY]].state.name for tid, c in configs.items()}
     assert state == {"done": "COMPLETE", "stopped": "PRUNED", "crashed": "FAIL"}
     assert by_number[configs["done"][OPTUNA_TRIAL_KEY]].values == [5000.0, 4.5]
     assert [t.values for t in search.study.best_trials] == [[5000.0, 4.5]]  # the front: complete only
+    assert search.study.metric_names == ["model/n_params", "val/bpc"]
+
+
+def test_a_trial_told_already_is_left_as_it_is(tmp_path):
+    """A resumed trial that reports its end again (from its final checkpoint) does not tell Optuna twice."""
+    search, _, _ = searcher(tmp_path)
+    config = search.suggest("a")
+    search.on_trial_complete("a", {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
+    search._numbers["a2"] = config[OPTUNA_TRIAL_KEY]  # the same trial, restarted under another Tune id
+    search.on_trial_complete("a2", {"model/n_params": 1.0, "val/bpc": 3.0, COMPLETE_KEY: 1})
+    search.wait_for_tells()
+    assert search.study.trials[config[OPTUNA_TRIAL_KEY]].values == [1.0, 2.0]
+
+
+def test_suggestions_made_after_the_last_snapshot_are_adopted_not_asked_again(tmp_path):
+    """What a driver killed between Ray's snapshots leaves: Tune's saved state knows trials a, b; c was
+    asked (and handed to Tune) after, and the one after c asked ahead. A searcher restored from that state
+    hands c out again, with its number and parameters, then the one asked ahead, before asking Optuna for
+    anything new."""
+    search, _, _ = searcher(tmp_path)
+    a, b = search.suggest("a"), search.suggest("b")
+    snapshot = tmp_path / "searcher-state.json"
+    search.save(str(snapshot))
+    c = search.suggest("c")
+    search.wait_for_tells()
+    ahead = max(t.number for t in search.study.trials)
+    restored, _, _ = searcher(tmp_path)
+    restored.restore(str(snapshot))
+    assert restored.orphans() == [c[OPTUNA_TRIAL_KEY], ahead]
+    again = restored.suggest("c-new")
+    assert again == c  # same number, same parameters, same size
+    fresh = restored.suggest("d")
+    assert fresh[OPTUNA_TRIAL_KEY] == ahead > c[OPTUNA_TRIAL_KEY]
+    numbers = [t.number for t in restored.study.trials if t.state.name == "RUNNING"]
+    assert sorted(numbers) == sorted(x[OPTUNA_TRIAL_KEY] for x in (a, b, c, fresh))
+
+
+def test_a_trial_asked_but_never_handed_out_is_adopted_not_asked_again(tmp_path):
+    """The driver stopped between Optuna's ask and the hand-out to Tune (the next suggestion is asked
+    ahead, so a stop lands there often): on resume that trial is sized and handed out under its own number,
+    with the parameters an uninterrupted search gives it, also when the ask itself was cut short (its
+    parameters not all written)."""
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "cut").mkdir()
+    reference, _, _ = searcher(tmp_path / "reference")
+    expected = [reference.suggest(f"r{i}") for i in range(3)]
+
+    search, _, _ = searcher(tmp_path)
+    first = search.suggest("a")
+    snapshot = tmp_path / "searcher-state.json"
+    search.save(str(snapshot))
+    search.wait_for_tells()  # the next suggestion is asked ahead, not handed out: the driver stops here
+    restored, _, _ = searcher(tmp_path)
+    restored.restore(str(snapshot))
+    assert restored.orphans() == [expected[1][OPTUNA_TRIAL_KEY]]
+    assert [first, restored.suggest("b"), restored.suggest("c")] == expected
+
+    cut, _, _ = searcher(tmp_path / "cut")
+    cut.suggest("a")
+    cut.save(str(tmp_path / "cut-state.json"))
+    cut.wait_for_tells()
+    partial = cut.study.ask()  # after the one asked ahead: killed before any parameter was written
+    restored, _, _ = searcher(tmp_path / "cut")
+    restored.restore(str(tmp_path / "cut-state.json"))
+    finished, same = restored.study.trials[partial.number], reference.study.trials[partial.number]
+    assert finished.params == same.params and set(same.params) == set(reference._space.distributions())
+    assert finished.state == same.state  # within the budget it is adopted; over it, told FAIL as an ask is
+    adopted = [expected[1][OPTUNA_TRIAL_KEY]] + ([partial.number] if same.state.name == "RUNNING" else [])
+    assert restored.orphans() == adopted
+
+
+def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_path):
+    """Tune's saved count knows two trials; a third was handed out and ended after the snapshot. With four
+    trials asked for, the restored searcher hands out exactly one more, then says it is finished."""
+    search, _, _ = searcher(tmp_path)
+    space_trials = search._space.trials  # 4 in the tiny space
+    first = [search.suggest(f"t{i}") for i in range(2)]
+    snapshot = tmp_path / "searcher-state.json"
+    search.save(str(snapshot))
+    late = search.suggest("late")
+    search.on_trial_complete("late", {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
+    search.wait_for_tells()
+    ahead = max(t.number for t in search.study.trials)  # asked ahead for a fourth trial
+    restored, _, _ = searcher(tmp_path)
+    restored.restore(str(snapshot))
+    assert restored.orphans() == [ahead]  # the late one ended: only the one asked ahead is adopted
+    more = restored.suggest("new")
+    assert more[OPTUNA_TRIAL_KEY] == ahead not in {c[OPTUNA_TRIAL_KEY] for c in (*first, late)}
+    assert restored.suggest("one-too-many") == "FINISHED" and space_trials == 4
+
+
+def test_suggestions_depend_on_the_seed_and_the_trial_number_only(tmp_path):
+    """The same seed gives the same trials in a fresh study, whatever the driver did in between (here: a
+    second searcher object, as a resumed driver makes)."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first, _, _ = searcher(tmp_path / "one", seed=3)
+    second, _, _ = searcher(tmp_path / "two", seed=3)
+    made = [first.suggest(f"x{i}") for i in range(4)]
+    second_half = [second.suggest(f"y{i}") for i in range(2)]
+    other, _, _ = searcher(tmp_path / "two", seed=3)  # a new searcher on the same study continues it
+    second_half += [other.suggest(f"z{i}") for i in range(2)]
+    assert second_half == made
 
 
 def test_resources_grow_with_parameter_count():
@@ -59,38 +173,329 @@ def test_resources_grow_with_parameter_count():
     assert Resources().for_params(10**9) == {"CPU": 1, "GPU": 0.0}
 
 
-def test_cluster_file_matches_rays_schema():
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+def test_a_gpu_share_above_one_is_whole_gpus():
+    """Ray places a fraction within one GPU only: 1.2 would never be scheduled, so it becomes 2."""
+    resources = Resources(gpu=0.5, gpu_per_million_params=0.1, max_gpu=4)
+    assert resources.for_params(7_000_000) == {"CPU": 1, "GPU": 2.0}   # 1.2 -> 2
+    assert resources.for_params(5_000_000) == {"CPU": 1, "GPU": 1.0}
+    assert resources.for_params(10**9) == {"CPU": 1, "GPU": 4.0}       # capped
+    for bad in ({"gpu": 1.5}, {"max_gpu": 2.5}):
+        with pytest.raises(pydantic.ValidationError, match="whole number of GPUs"):
+            Resources(**bad)
+
+
+def test_cluster_file_matches_rays_schema_and_holds_on_a_cluster():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     schema = json.loads((Path(os.path.dirname(ray.__file__)) / "autoscaler" / "ray-schema.json").read_text())
     jsonschema.validate(config, schema)
     workers = config["available_node_types"]["gpu_worker"]
     assert workers["min_workers"] == 0 and workers["max_workers"] >= 1
-    head_commands = " ".join(config["head_start_ray_commands"])
-    assert "mlflow server --host 127.0.0.1" in head_commands  # reached by port-forward only
-    assert "pip install" in " ".join(config["setup_commands"])
+    assert workers["node_config"]["IamInstanceProfile"]  # workers write checkpoints to S3 too
+    setup = " ".join(config["setup_commands"])
+    assert f'"ray[default,tune]=={ray.__version__}"' in setup  # the version hyperlab is tested on
+    assert ">>" not in " ".join(config["setup_commands"] + config["head_setup_commands"])  # repeatable setup
+    assert {"**/hyperlab-runs", "**/.git"} <= set(config["rsync_exclude"])  # no results synced to nodes
+    head = " ".join(config["head_start_ray_commands"])
+    assert "mlflow server --host 127.0.0.1" in head and "postgresql://" in head  # loopback; a real database
+    assert "HYPERLAB_OPTUNA_STORAGE=postgresql://" in head and "HYPERLAB_STORAGE=s3://" in head
+    assert "kill $(cat $pid)" in head  # a restarted cluster restarts its servers, not a second copy
+
+
+def _trial(number: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trial_id=f"tune-{number}-{id(object())}", config={OPTUNA_TRIAL_KEY: number})
 
 
 def test_early_stopping_rungs_survive_a_new_scheduler(tmp_path):
     """What a resumed driver sees: a fresh scheduler object over the same state file decides as the
-    old one would have. (Trials stand in as objects with a trial_id: all the scheduler reads.)"""
-    from types import SimpleNamespace
-
+    old one would have. Trials are known by their Optuna number (Tune's ids change on adoption)."""
     from hyperlab.search.scheduler import PersistentASHA
     from hyperlab.search.space import EarlyStopping
 
     rule = EarlyStopping(metric="val/bpc", grace_period=1, reduction_factor=2)
-    path = str(tmp_path / "asha_state.pkl")
+    path = str(tmp_path / "early_stopping.json")
     first = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
-    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
-    for trial, bpc in zip(trials, (2.0, 1.5, 1.6)):
-        first.on_trial_add(None, trial)
-        assert first.on_trial_result(None, trial, {"training_iteration": 1, "val/bpc": bpc}) == "CONTINUE"
+    for number, bpc in zip(range(3), (2.0, 1.5, 1.6)):
+        assert first.on_trial_result(None, _trial(number), {"evaluation": 1, "val/bpc": bpc}) == "CONTINUE"
 
-    late = SimpleNamespace(trial_id="t3")
     second = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
-    second.on_trial_add(None, late)
     # the rung at one evaluation holds 2.0, 1.5, 1.6: the median cut-off is 1.6 (minimising)
-    assert second.on_trial_result(None, late, {"training_iteration": 1, "val/bpc": 1.7}) == "STOP"
-    fresh = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=str(tmp_path / "other.pkl"))
-    fresh.on_trial_add(None, late)
-    assert fresh.on_trial_result(None, late, {"training_iteration": 1, "val/bpc": 1.7}) == "CONTINUE"
+    assert second.on_trial_result(None, _trial(3), {"evaluation": 1, "val/bpc": 1.7}) == "STOP"
+    fresh = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=str(tmp_path / "other.json"))
+    assert fresh.on_trial_result(None, _trial(3), {"evaluation": 1, "val/bpc": 1.7}) == "CONTINUE"
+    json.loads((tmp_path / "early_stopping.json").read_text())  # plain data, no pickle
+
+
+def test_a_stopped_trial_stays_stopped_after_a_crash(tmp_path):
+    """A STOP decided just before the driver died: the trial (restarted from an older checkpoint under a
+    new Tune id) reports that evaluation again, or a later one, and is stopped again, never let through."""
+    from hyperlab.search.scheduler import PersistentASHA
+    from hyperlab.search.space import EarlyStopping
+
+    rule = EarlyStopping(metric="val/bpc", grace_period=1, reduction_factor=2)
+    path = str(tmp_path / "early_stopping.json")
+    before = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    before.on_trial_result(None, _trial(0), {"evaluation": 1, "val/bpc": 1.0})
+    assert before.on_trial_result(None, _trial(1), {"evaluation": 1, "val/bpc": 3.0}) == "STOP"
+    after = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    assert after.on_trial_result(None, _trial(1), {"evaluation": 1, "val/bpc": 3.0}) == "STOP"
+    assert after.on_trial_result(None, _trial(1), {"evaluation": 2, "val/bpc": 0.1}) == "STOP"
+    assert after.on_trial_result(None, _trial(0), {"evaluation": 1, "val/bpc": 1.0}) == "CONTINUE"  # seen
+
+
+def test_rungs_by_hand():
+    """Rungs at 1, 2, 4 evaluations (grace 1, factor 2, 4 evaluations). A trial reaching a rung stops when
+    its value is worse than the median (1 - 1/2) of the values recorded there before it."""
+    from hyperlab.search.scheduler import Rungs
+
+    rungs = Rungs(grace_period=1, reduction_factor=2, max_evaluations=4, mode="max")  # accuracy
+    assert rungs.milestones == [1, 2, 4]
+    # rung 1: a (nothing to compare), b >= 0.5, c = median(0.5, 0.7) = 0.6 is not below it, d < 0.6
+    assert [rungs.decide(t, 1, v) for t, v in (("a", 0.5), ("b", 0.7), ("c", 0.6), ("d", 0.55))] == \
+        [True, True, True, False]
+    assert rungs.decide("b", 2, 0.8) and not rungs.decide("a", 2, 0.6)  # rung 2: 0.6 < 0.8
+    assert rungs.decide("c", 4, 0.1)  # first at rung 4 (rung 2 was skipped): nothing to compare with
+    assert not rungs.decide("d", 4, 0.99)  # stopped at rung 1: stays stopped
+    assert rungs.stopped == {"d": 1, "a": 2}
+
+    low = Rungs(grace_period=2, reduction_factor=3, max_evaluations=9, mode="min")  # bpc
+    assert low.milestones == [2, 6]
+    assert low.decide("x", 1, 9.0)  # before the first rung: always on
+    assert [low.decide(t, 2, v) for t, v in (("x", 2.0), ("y", 1.0), ("z", 3.0))] == [True, True, False]
+
+
+def test_the_progress_line_estimates_the_time_left_from_trials_ended_since_the_driver_started(monkeypatch):
+    from hyperlab.search import callback
+
+    progress = callback.ProgressCallback(total=10, name="s")
+    progress._started, progress._done_at_start = 1000.0, 2  # resumed with 2 trials already ended
+    monkeypatch.setattr(callback.time, "monotonic", lambda: 1030.0)
+    assert progress._eta(2) == "left: estimating"  # none ended here yet
+    assert progress._eta(5) == "left: about 0:00:50"  # 3 ended in 30 s: 5 more take 50 s
+    assert progress._eta(3) == "left: about 0:03:30"  # 1 in 30 s: 7 more take 210 s
+    assert progress._eta(10) == ""
+
+
+def test_front_and_knee_tags_follow_the_front_as_trials_end(mlflow_store):
+    """The reporter tags complete trials' runs as ``hyperlab pareto`` reads the front, also where the knee
+    is a tie (a concave front: both ends are as far from the chord as any point) and as the front moves."""
+    from mlflow import MlflowClient
+
+    from hyperlab.analysis.report import front_table
+    from hyperlab.metrics import COMPLETE
+    from hyperlab.search.report import SearchReporter
+    from hyperlab.tracking import layout, load_search
+    from hyperlab.tracking.writer import SearchWriter
+
+    objectives = {"model/n_params": "min", "val/bpc": "min"}
+    writer = SearchWriter(mlflow_store, "tags", objectives)
+    writer.start({}, {}, {})
+    reporter = SearchReporter(writer, objectives, every_s=3600)
+    client = MlflowClient(mlflow_store)
+
+    def end(number, n_params, bpc):
+        writer.start_trial(number, f"r{number}", {"model.n_z": number}, {})
+        writer.log_metrics(number, {"model/n_params": n_params, "val/bpc": bpc, "train/loss": bpc}, step=10)
+        writer.end_trial(number, COMPLETE, "completed")
+        reporter.trial_ended(number, {"model.n_z": number}, {"model/n_params": n_params, "val/bpc": bpc}, COMPLETE)
+        writer.flush()
+        return {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): (r.data.tags[layout.TAG_FRONT], r.data.tags[layout.TAG_KNEE])
+                for r in writer.trial_runs()}
+
+    end(0, 4000, 1.5)
+    end(1, 1000, 2.0)
+    tags = end(2, 2000, 1.95)  # concave: the knee is a tie between the ends
+    expected = front_table(load_search("tags", mlflow_store), objectives)
+    assert tags == {n: ("1", str(int(n == int(expected.loc[expected["knee"], "optuna_trial"].iloc[0]))))
+                    for n in (0, 1, 2)}
+    tags = end(3, 1500, 1.6)  # dominates trial 2 and becomes the knee
+    assert tags == {0: ("1", "0"), 1: ("1", "0"), 2: ("0", "0"), 3: ("1", "1")}
+    assert client.get_run(writer.run_id(2)).data.tags[layout.TAG_FRONT] == "0"
+
+
+def test_the_outbox_runs_calls_in_order_and_none_after_its_close():
+    from hyperlab.tracking.outbox import Outbox
+
+    done, sent = [], []
+    outbox = Outbox(on_idle=lambda: sent.append(list(done)), idle_every_s=3600)
+    for i in range(3):
+        outbox.submit(done.append, i)
+    assert outbox.close(30, lambda: done.append("last"))
+    assert done == [0, 1, 2, "last"] and sent[-1] == done  # what the calls buffered was sent at the close
+    outbox.submit(done.append, 3)  # a thread that had not seen the end: dropped, never run
+    assert outbox.close(30, lambda: done.append("again")) and outbox.pending == 0
+    assert done == [0, 1, 2, "last"]
+
+
+def test_a_trial_starting_while_the_record_closes_is_never_left_running(mlflow_store, tmp_path):
+    """SIGTERM closes the record from its own thread while Tune's loop may still start a trial: a start
+    queued before the close is closed KILLED with the rest; one that comes after it makes no run."""
+    from types import SimpleNamespace
+
+    from hyperlab.search.callback import SearchRecorder
+    from hyperlab.tracking import layout
+
+    recorder = SearchRecorder(mlflow_store, "closing", {"model/n_params": "min", "val/bpc": "min"}, total=3,
+                              experiment_path=str(tmp_path / "ray"))
+    recorder.start(tags={}, params={}, artifacts={}, resumed=False)
+
+    def trial(number):
+        return SimpleNamespace(trial_id=f"t{number}", config={OPTUNA_TRIAL_KEY: number, N_PARAMS_KEY: 100,
+                                                              "model.n_z": number})
+
+    recorder.trial_started(trial(0))
+    recorder.trial_result(trial(0), {"step": 10, "val/bpc": 2.0, "model/n_params": 100})
+    recorder.trial_started(trial(1))  # still queued when the close comes
+    close_open_trials = recorder.writer.close_open_trials
+
+    def tune_starts_one_more_meanwhile():  # Tune's loop, in its own thread, while the record closes
+        loop = threading.Thread(target=recorder.trial_started, args=(trial(2),))
+        loop.start()
+        loop.join()
+        return close_open_trials()
+
+    recorder.writer.close_open_trials = tune_starts_one_more_meanwhile
+    assert recorder.finish(complete=False)
+    recorder.trial_started(trial(3))  # after the close
+    runs = recorder.writer.trial_runs()
+    assert sorted((int(r.data.tags[layout.TAG_OPTUNA_TRIAL]), r.info.status, r.data.tags.get(layout.TAG_FIDELITY))
+                  for r in runs) == [(0, "KILLED", "partial"), (1, "KILLED", "partial")]
+    assert recorder.writer.client.get_run(recorder.writer.parent_id).info.status == "KILLED"
+
+
+def test_a_trials_checkpoints_keep_the_latest_and_fetch_whole_or_only_the_model(tmp_path):
+    from hyperlab.search.trial_store import TrialCheckpoints
+
+    store = TrialCheckpoints(str(tmp_path / "experiment"))
+    for step in (4, 8):
+        checkpoint = tmp_path / "work" / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        for name in ("model.pt", "trainer.pt", "config.yaml"):
+            (checkpoint / name).write_text(f"{name} {step}")
+        store.publish(3, checkpoint)
+    assert sorted(p.name for p in (tmp_path / "experiment" / "trials" / "00003").iterdir()) == [
+        "LATEST", "checkpoint-8"]  # the older one is gone
+    whole = store.fetch_latest(3, tmp_path / "whole")
+    assert {p.name: p.read_text() for p in whole.iterdir()} == {
+        "model.pt": "model.pt 8", "trainer.pt": "trainer.pt 8", "config.yaml": "config.yaml 8"}
+    model = store.fetch_latest(3, tmp_path / "model", files=("model.pt", "config.yaml"))
+    assert sorted(p.name for p in model.iterdir()) == ["config.yaml", "model.pt"]  # no trainer state copied
+    assert store.fetch_latest(4, tmp_path / "none") is None
+
+
+@pytest.mark.parametrize("objectives", [{"model/n_params": "min", "val/bpc": "min"},
+                                        {"model/n_params": "min", "val/bpc": "min", "val/acc": "max"}],
+                         ids=["two objectives", "three, one maximised"])
+def test_the_incremental_front_equals_the_full_ranking_after_every_trial(mlflow_store, objectives):
+    """Forty trials with many ties, ending in a random order, some partial: after each end the reporter's
+    front and knee tags and its hypervolume equal what the whole table gives (``hyperlab pareto``'s ranking
+    and knee, and the hypervolume of every complete trial so far), though it only ever looks at the front."""
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from hyperlab.analysis import search_hypervolume
+    from hyperlab.analysis.pareto import pareto_front
+    from hyperlab.analysis.report import front_table
+    from hyperlab.metrics import COMPLETE, PARTIAL
+    from hyperlab.search.report import SearchReporter
+    from hyperlab.tracking import layout
+    from hyperlab.tracking.writer import SearchWriter
+
+    rng = np.random.default_rng(5)
+    writer = SearchWriter(mlflow_store, "incremental", objectives)
+    writer.start({}, {}, {})
+    reporter = SearchReporter(writer, objectives, bounds={"model/n_params": 2000.0}, every_s=3600)
+    rows = []
+    for number in range(40):
+        metrics = {"model/n_params": float(rng.integers(100, 1000, endpoint=False) // 100 * 100),
+                   "val/bpc": float(rng.integers(10, 20)) / 10, "val/acc": float(rng.integers(0, 5)) / 10}
+        fidelity = PARTIAL if number % 7 == 3 else COMPLETE
+        writer.start_trial(number, f"r{number}", {"model.n_z": number}, {})
+        writer.end_trial(number, fidelity, "completed")
+        reporter.trial_ended(number, {"model.n_z": number}, metrics, fidelity)
+        rows.append({"optuna_trial": number, "fidelity": fidelity, **metrics})
+
+        df = pd.DataFrame(rows)
+        ranks = pareto_front(df, objectives)
+        expected_front = {int(df.at[i, "optuna_trial"]) for i, r in ranks.dropna().items() if r == 1}
+        assert set(reporter._front) == expected_front, number
+        if len(objectives) == 2:
+            table = front_table(df, objectives)
+            assert reporter._knee == int(table.loc[table["knee"], "optuna_trial"].iloc[0])
+        assert reporter._volume == pytest.approx(search_hypervolume(df, objectives, reporter._reference), rel=1e-12)
+    writer.flush()
+
+    complete = {int(r["optuna_trial"]) for r in rows if r["fidelity"] == COMPLETE}
+    tags = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): (r.data.tags.get(layout.TAG_FRONT), r.data.tags.get(layout.TAG_KNEE))
+            for r in writer.trial_runs()}
+    assert {n: t[0] for n, t in tags.items() if n in complete} == {n: str(int(n in expected_front)) for n in complete}
+    assert all(t == (None, None) for n, t in tags.items() if n not in complete)  # partial trials are never ranked
+    series = MlflowClient(mlflow_store).get_metric_history(writer.parent_id, layout.HYPERVOLUME_METRIC)
+    assert [m.step for m in series] == list(range(1, len(complete) + 1))
+    assert all(a.value <= b.value for a, b in zip(series, series[1:]))
+
+
+def test_a_trial_that_ended_before_the_driver_was_killed_gets_its_end_on_resume(mlflow_store, tmp_path):
+    """SIGKILL after Tune saw a trial's last result (its snapshot says TERMINATED, so the resumed Tune does
+    not run it again) but before the outbox wrote it: the resumed driver writes the missing evaluations
+    from the trial's result.json, and its end, and the run is FINISHED with every step once."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from hyperlab.search.callback import SearchRecorder
+    from hyperlab.tracking import layout
+
+    objectives = {"model/n_params": "min", "val/bpc": "min"}
+    results = [{"step": s, "val/bpc": 3.0 - s / 100, "model/n_params": 100.0, "train/loss": 1.0} for s in (10, 20, 30)]
+    results[-1][COMPLETE_KEY] = 1
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    (trial_dir / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
+    trial = SimpleNamespace(trial_id="t0", config={OPTUNA_TRIAL_KEY: 0, N_PARAMS_KEY: 100, "model.n_z": 2},
+                            status="TERMINATED", last_result=results[-1], local_path=str(trial_dir), path=None)
+
+    killed = SearchRecorder(mlflow_store, "caught", objectives, total=1, experiment_path=str(tmp_path / "ray"))
+    killed.start(tags={}, params={}, artifacts={}, resumed=False)
+    killed.trial_started(trial)
+    killed.trial_result(trial, results[0])
+    killed.outbox.flush(30)  # ... and the driver dies here: the other results and the end never written
+
+    resumed = SearchRecorder(mlflow_store, "caught", objectives, total=1, experiment_path=str(tmp_path / "ray"))
+    resumed.start(tags={}, params={}, artifacts={}, resumed=True)
+    resumed.restored([trial])  # Tune's snapshot had it ended: the restored Tune does not run it again
+    assert resumed.finish(complete=True)
+    [run] = resumed.writer.trial_runs()
+    assert run.info.status == "FINISHED" and run.data.tags[layout.TAG_FIDELITY] == "complete"
+    history = MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "val/bpc")
+    assert sorted((m.step, m.value) for m in history) == [(10, 2.9), (20, 2.8), (30, 2.7)]
+    assert run.data.tags[layout.TAG_FRONT] == "1"
+
+    again = SearchRecorder(mlflow_store, "caught", objectives, total=1, experiment_path=str(tmp_path / "ray"))
+    again.start(tags={}, params={}, artifacts={}, resumed=True)
+    again.restored([trial])  # its end is recorded: nothing is written twice
+    assert again.finish(complete=True)
+    assert len(MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "val/bpc")) == 3
+
+
+def test_trials_tune_saw_end_but_the_study_holds_running_are_told_at_the_end(tmp_path):
+    """A kill between Tune's snapshot of trials' ends and the tells: the study is told from Tune's record
+    (complete with its objectives, stopped early as PRUNED); trials it had told already, and ones Tune did
+    not see end, are left as they are."""
+    from hyperlab.search.searcher import tell_ended
+
+    search, _, _ = searcher(tmp_path)
+    numbers = [search.suggest(f"t{i}")[OPTUNA_TRIAL_KEY] for i in range(4)]
+    search.on_trial_complete("t0", {"model/n_params": 5.0, "val/bpc": 1.0, COMPLETE_KEY: 1})
+    search.wait_for_tells()
+    ended = {numbers[0]: ("TERMINATED", {"model/n_params": 9.0, "val/bpc": 9.0, COMPLETE_KEY: 1}),
+             numbers[1]: ("TERMINATED", {"model/n_params": 7.0, "val/bpc": 2.5, COMPLETE_KEY: 1}),
+             numbers[2]: ("TERMINATED", {"model/n_params": 7.0, "val/bpc": 3.0}),
+             numbers[3] + 100: ("ERROR", {})}  # not the study's
+    assert tell_ended("unit", search._url, ["model/n_params", "val/bpc"], ended) == 2
+    states = {t.number: (t.state.name, t.values) for t in search.study.trials}
+    assert states[numbers[0]] == ("COMPLETE", [5.0, 1.0])  # told before: kept
+    assert states[numbers[1]] == ("COMPLETE", [7.0, 2.5])
+    assert states[numbers[2]] == ("PRUNED", None)
+    assert states[numbers[3]] == ("RUNNING", None)  # Tune did not see it end

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,11 +14,12 @@ from hyperlab.cli import main
 from hyperlab.errors import ConfigError
 from hyperlab.search.space import load_search_space
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_search.yaml"
+from conftest import REPO
+
+TINY = REPO / "tests" / "data" / "tiny_search.yaml"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_search_spaces_load(path):
     space, base = load_search_space(path)
     assert space.trials >= 1 and base.task == space.task and base.model.name == space.model
@@ -57,14 +57,14 @@ BAD = {
     "empty choice": (_with(lambda d: d["space"].update({"model.cell": {"type": "choice", "values": []}})),
                      "space.model.cell.values", "at least 1"),
     "unknown param type": (_with(lambda d: d["space"].update({"model.n_z": {"type": "integer", "low": 1, "high": 2}})),
-                           "space.model.n_z", "type"),
+                           "space.model.n_z.type", "unknown 'integer'; expected one of 'int', 'float', 'choice'"),
     "unknown model": (_with(lambda d: d.update(model="transformer")), "model", "unknown model 'transformer'"),
     "unknown objective": (_with(lambda d: d["objectives"].update({"val/ppl": "min"})), "objectives", "unknown objective"),
     "wrong direction": (_with(lambda d: d["objectives"].update({"val/bpc": "max"})), "objectives", "minimised"),
     "unknown model argument in space": (_with(lambda d: d["space"].update(
-        {"model.n_zz": {"type": "int", "low": 1, "high": 2}})), "space.model.n_zz", "not an argument of model"),
+        {"model.n_zz": {"type": "int", "low": 1, "high": 2}})), "space.model.n_zz", "not a key of model; expected one of"),
     "space key outside the training config": (_with(lambda d: d["space"].update(
-        {"trainer.lr": {"type": "float", "low": 0.1, "high": 0.2}})), "space.trainer.lr", "not a training-config key"),
+        {"trainer.lr": {"type": "float", "low": 0.1, "high": 0.2}})), "space.trainer.lr", "not a key of the training config"),
     "bad fixed value": (_with(lambda d: d["fixed"]["optim"].update(lr=-1)), "fixed.optim.lr", "greater than 0"),
     "dataset of the other task": (_with(lambda d: d["fixed"]["data"].update(dataset="mnist")),
                                   "fixed.data.dataset", "not a dataset for task"),
@@ -77,6 +77,11 @@ BAD = {
     "test objective without a test run": (_with(lambda d: d["objectives"].update({"test/bpc": "min"})),
                                           "objectives", "test/bpc is not reported"),
     "not a mapping": ([1, 2, 3], "", "expected a mapping"),
+    "cuda without a gpu share": (_with(lambda d: d["fixed"].update(device="cuda")), "", "no GPU share"),
+    "every configuration over budget": (_with(lambda d: d.update(budget={"max_params": 100})),
+                                        "budget.max_params", "no configuration of the space fits the budget"),
+    "search key naming a section": (_with(lambda d: d["space"].update(
+        {"optim": {"type": "float", "low": 0.1, "high": 0.2}})), "space.optim", "a section, not a value"),
 }
 
 
@@ -107,11 +112,11 @@ def test_yaml_syntax_error_and_missing_file(tmp_path, capsys):
 def test_validate_command_through_the_console_script(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(BAD["inverted int range"][0]))
-    ok = subprocess.run([sys.executable, "-m", "hyperlab.cli", "validate", str(TINY)], capture_output=True, text=True)
-    assert ok.returncode == 0 and "ok" in ok.stdout
-    out = subprocess.run([sys.executable, "-m", "hyperlab.cli", "validate", str(bad)], capture_output=True, text=True)
-    assert out.returncode == 2
-    assert f"{bad}: space.model.n_z: empty or inverted range: low (8) must be below high (2)" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "hyperlab.cli", "validate", str(TINY), str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout.strip() == f"ok  {TINY}"  # one bad file fails the run
+    assert out.stderr.strip() == (f"hyperlab validate: error: {bad}: space.model.n_z: empty or inverted range: "
+                                  "low (8) must be below high (2)")
 
 
 def test_extreme_values_of_the_space_are_checked(tmp_path):

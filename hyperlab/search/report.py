@@ -1,44 +1,176 @@
-"""Keeps a search's parent run current as trials finish: the front (CSV and parquet), the tradeoff
-figure (PNG and HTML) and the hypervolume as a metric series over completed trials."""
+"""Keeps a search's parent run current as trials finish, from what the driver sees (the store is read
+once, when a resumed search starts): the hypervolume after every completed trial, each complete trial's
+front and knee tags, and the front (CSV and Parquet) and trade-off figure (PNG and HTML) at most every
+``every_s`` seconds and at the end.
+
+The cost of a trial's end does not grow with the search: no re-read of the store, figures throttled,
+and the front kept incrementally. A new complete trial is compared with the front's members only; when it
+joins, it drops the members it dominates, and the knee and the hypervolume are worked out on the front
+alone (points behind the front add no volume, and the knee is a property of the front), by the same
+functions ``hyperlab pareto`` uses on the whole table."""
 
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from hyperlab.metrics import COMPLETE
 from hyperlab.tracking import layout
 from hyperlab.tracking.writer import SearchWriter
 
 log = logging.getLogger(__name__)
+REPORT_EVERY_S = 60.0
 
 
 class SearchReporter:
-    def __init__(self, writer: SearchWriter, objectives: dict[str, str], bounds: dict[str, float] | None = None):
-        self.writer = writer
-        self.objectives = objectives
-        self.bounds = bounds  # known worst values (the parameter budget) for the reference point
+    def __init__(self, writer: SearchWriter, objectives: dict[str, str], bounds: dict[str, float] | None = None,
+                 every_s: float = REPORT_EVERY_S):
+        self.writer, self.objectives, self.bounds, self.every_s = writer, objectives, bounds, every_s
+        self._rows: dict[int, dict] = {}  # Optuna number -> row of the search's table
+        self._reference: list[float] | None = None
         self._logged_complete = -1
+        self._last_files = time.monotonic()  # the first files a minute in (or at the end), not at the first trial
+        self._dirty = False
+        self._front_tags: dict[int, dict[str, str]] = {}  # Optuna number -> front tags its run has
+        self._front: dict[int, np.ndarray] = {}  # Optuna number -> objectives (as minimised) of a front member
+        self._knee: int | None = None
+        self._volume = 0.0
+        self._complete: set[int] = set()  # numbers of the complete trials with every objective
 
-    def update(self) -> None:
-        """Recompute the front from MLflow (the store is the truth, also after a resume) and log it."""
-        from hyperlab.analysis import load_search, search_reference, write_search_report
+    def load(self) -> None:
+        """The trials a resumed search already finished, from the store (once)."""
+        from hyperlab.tracking import load_search
 
         df = load_search(self.writer.name, self.writer.client.tracking_uri)
-        complete = int((df["fidelity"] == layout.COMPLETE).sum()) if len(df) else 0
-        if complete == 0 or complete == self._logged_complete:
+        if len(df) and "optuna_trial" in df:
+            for row in df.to_dict("records"):
+                if pd.notna(row.get("optuna_trial")):
+                    self._rows[int(row["optuna_trial"])] = row
+        tag = self.writer.search_tag(layout.TAG_REFERENCE)
+        self._reference = json.loads(tag) if tag else None
+        self._rebuild_front()
+
+    def trial_ended(self, number: int, params: dict, metrics: dict, fidelity: str) -> None:
+        """Record a trial's end; a complete one updates the front's tags and the hypervolume."""
+        self._rows[number] = {"run_id": self.writer.run_id(number), "fidelity": fidelity, "optuna_trial": number,
+                              **params, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self._dirty = True
+        if fidelity == COMPLETE:
+            self._add_to_front(number)
+
+    def publish(self, force: bool = False) -> None:
+        """Write the front and the figures to the parent run, if due (or ``force``)."""
+        if not self._dirty or (not force and time.monotonic() - self._last_files < self.every_s):
             return
-        reference = self._reference()
-        if reference is None:
-            reference = search_reference(self.objectives, df, bounds=self.bounds)
-            self.writer.set_search_tag(layout.TAG_REFERENCE, json.dumps(reference))
-        with tempfile.TemporaryDirectory(prefix="hyperlab-report-") as tmp:
-            result = write_search_report(df, self.objectives, Path(tmp), reference=reference)
-            self.writer.log_search_artifacts(Path(tmp), "pareto")
-        self.writer.log_search_metric(layout.HYPERVOLUME_METRIC, result["hypervolume"], step=complete)
+        from hyperlab.analysis import write_search_report
+
+        df = self.table()
+        if not (df["fidelity"] == COMPLETE).any():
+            return
+        try:
+            with tempfile.TemporaryDirectory(prefix="hyperlab-report-") as tmp:
+                write_search_report(df, self.objectives, Path(tmp), reference=self._reference_point(df))
+                self.writer.log_search_artifacts(Path(tmp), layout.REPORT_DIR)
+        except Exception:  # a figure that fails to draw must not end the search; the runs are safe
+            log.exception("could not update the search's front and figures")
+        self._last_files, self._dirty = time.monotonic(), False
+
+    def table(self) -> pd.DataFrame:
+        columns = ["run_id", "fidelity", "optuna_trial", *self.objectives]
+        df = pd.DataFrame(list(self._rows.values()))
+        for column in columns:
+            if column not in df:
+                df[column] = float("nan") if column in self.objectives else None
+        return df
+
+    # ---- the front, kept as trials end --------------------------------------------------------------
+    def _point(self, number: int) -> np.ndarray | None:
+        """The trial's objectives as minimised (``max`` ones negated), None unless all are finite."""
+        row = self._rows[number]
+        point = np.array([float(row.get(name, np.nan)) * (1.0 if d == "min" else -1.0)
+                          for name, d in self.objectives.items()])
+        return point if np.isfinite(point).all() else None
+
+    def _add_to_front(self, number: int) -> None:
+        point = self._point(number)
+        if point is None:
+            return
+        self._complete.add(number)
+        self._front.pop(number, None)  # a resumed trial reporting its end again
+        members = np.array(list(self._front.values())).reshape(-1, len(self.objectives))
+        numbers = list(self._front)
+        behind = ((members <= point).all(axis=1) & (members != point).any(axis=1)).any()
+        changed = {number}
+        if not behind:
+            ahead = (point <= members).all(axis=1) & (point != members).any(axis=1)
+            for dropped in np.asarray(numbers)[ahead].tolist():
+                del self._front[dropped]
+                changed.add(dropped)
+            self._front[number] = point
+            changed |= {self._knee} - {None}
+            self._update_knee_and_volume()
+            changed |= {self._knee} - {None}
+        self._log_hypervolume()
+        self._send_tags(changed)
+
+    def _rebuild_front(self) -> None:
+        """The front, knee and tags of the trials a resumed search already finished (once, at load)."""
+        from hyperlab.analysis.pareto import minimisation_matrix, pareto_front
+
+        df = self.table()
+        ranks = pareto_front(df, self.objectives)
+        points = minimisation_matrix(df, self.objectives)
+        for index, rank in ranks.dropna().items():
+            number = int(df.at[index, "optuna_trial"])
+            self._complete.add(number)
+            if rank == 1:
+                self._front[number] = points[df.index.get_loc(index)]
+        self._logged_complete = len(self._complete)
+        if self._front:
+            self._update_knee_and_volume()
+        self._send_tags(self._complete)  # a driver that stopped may not have sent them all
+
+    def _front_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([self._rows[n] for n in self._front])
+
+    def _update_knee_and_volume(self) -> None:
+        from hyperlab.analysis import search_hypervolume
+        from hyperlab.analysis.report import front_table
+
+        df = self._front_frame()
+        front = front_table(df, self.objectives)  # as `hyperlab pareto` finds the knee (ties alike)
+        knees = front.loc[front["knee"], "optuna_trial"]
+        self._knee = int(knees.iloc[0]) if len(knees) else None
+        self._volume = search_hypervolume(df, self.objectives, self._reference_point())
+
+    def _send_tags(self, numbers) -> None:
+        """Tag complete trials' runs with whether they are on the front (``hyperlab.front``: 1 or 0) and
+        the knee (``hyperlab.knee``: 1 or 0), as ``hyperlab pareto`` computes them; only changed tags go
+        (a trial's end changes a few, not every run's, as a full non-dominated rank would)."""
+        for number in numbers:
+            tags = {layout.TAG_FRONT: str(int(number in self._front)), layout.TAG_KNEE: str(int(number == self._knee))}
+            if self._front_tags.get(number) != tags and self.writer.run_id(number) is not None:
+                self.writer.set_tags(number, tags)
+                self._front_tags[number] = tags
+
+    def _log_hypervolume(self) -> None:
+        complete = len(self._complete)
+        if complete == self._logged_complete:
+            return
+        self.writer.log_search_metric(layout.HYPERVOLUME_METRIC, self._volume, step=complete)
         self._logged_complete = complete
 
-    def _reference(self) -> list[float] | None:
-        tag = self.writer.search_tag(layout.TAG_REFERENCE)
-        return json.loads(tag) if tag else None
+    def _reference_point(self, df: pd.DataFrame | None = None) -> list[float]:
+        """Fixed at the first complete trial (then kept in a tag, for a resumed search)."""
+        if self._reference is None:
+            from hyperlab.analysis import search_reference
+
+            self._reference = search_reference(self.objectives, self.table() if df is None else df, bounds=self.bounds)
+            self.writer.set_search_tag(layout.TAG_REFERENCE, json.dumps(self._reference))
+        return self._reference

@@ -1,71 +1,59 @@
-"""Run a search on Ray Tune: build the Tuner (fresh or restored), with Optuna as the searcher and
-MLflow as the one writer on the driver."""
+"""Run a search on Ray Tune: connect, check, claim the name, build the Tuner (fresh or restored) with
+the Optuna study as its searcher and MLflow as the one record on the driver, and end the record as the
+run ended (FINISHED, or KILLED and resumable).
+
+Exactly once, whatever stops the driver: the search's lease makes one driver run it; the Optuna study
+(a database) records every suggestion the moment it is made, so one made after Ray's last snapshot is
+adopted on resume, not made again; every trial continues from its latest checkpoint on the storage;
+every MLflow run is found again by its trial's number.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
-import ray
+import pyarrow.fs
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from hyperlab import __version__
 from hyperlab.errors import UserError
 from hyperlab.metrics import direction
-from hyperlab.search.callback import MlflowSearchCallback, ProgressCallback
-from hyperlab.search import storage as files
+from hyperlab.search import cluster, storage
+from hyperlab.search.callback import RECORDERS, MlflowSearchCallback, ProgressCallback, SearchRecorder
+from hyperlab.search.home import SearchHome, prepare_local_folders
+from hyperlab.search.lease import Lease
 from hyperlab.search.scheduler import PersistentASHA
-from hyperlab.search.searcher import N_PARAMS_KEY, BudgetedOptunaSearch
-from hyperlab.search.space import SearchSpace, dump
+from hyperlab.search.searcher import (
+    N_PARAMS_KEY,
+    StudySearcher,
+    all_trials_ended,
+    create_study,
+    seal_studies,
+    tell_ended,
+    wait_for_tells,
+)
+from hyperlab.search.space import SearchSpace, dump, size_range
 from hyperlab.search.trainable import train_trial
 from hyperlab.tracking import layout
-from hyperlab.tracking.writer import SearchWriter
 
-MANIFEST = "hyperlab_search.json"  # beside Ray's experiment state: what `hyperlab resume` needs
+EARLY_STOPPING_STATE = "early_stopping.json"  # the rungs, beside Ray's experiment state
+INTERRUPTED_FLUSH_S = 60.0
 
 
 @dataclass(frozen=True)
-class SearchRun:
-    """Everything a search run needs, resolved from the command line."""
-
-    name: str
-    space: SearchSpace
-    base_config: object      # hyperlab.training.TrainConfig
-    space_text: str          # the search-space file as the user wrote it
-    tracking_uri: str
-    storage: str             # Ray results: a local directory or a URI (s3://...)
-    data_dir: str | None = None
-    address: str | None = None
-    num_cpus: int | None = None  # local Ray only; None = all cores
-    smoke_test: bool = False     # shrunk by --smoke-test (a resume shrinks it again)
-
-
-def experiment_path(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}"
-
-
-def exists(storage: str, name: str) -> bool:
-    return files.exists(experiment_path(storage, name))
-
-
-def write_manifest(run: SearchRun) -> None:
-    body = json.dumps({"name": run.name, "space": run.space_text, "tracking_uri": run.tracking_uri,
-                       "data_dir": run.data_dir, "storage": run.storage, "smoke_test": run.smoke_test}, indent=1)
-    files.write_bytes(f"{experiment_path(run.storage, run.name)}/{MANIFEST}", body.encode())
-
-
-def read_manifest(storage: str, name: str) -> dict:
-    where = f"{experiment_path(storage, name)}/{MANIFEST}"
-    body = files.read_bytes(where)
-    if body is None:
-        raise UserError(f"no search named {name!r} under {storage} (looked for {where}); "
-                        f"pass --storage if it was started with one")
-    return json.loads(body)
+class Outcome:
+    complete: bool   # every trial ran to an end; False: interrupted (resumable)
+    errors: int      # trials that failed
 
 
 def code_version() -> str:
@@ -77,73 +65,226 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    # Quiet defaults: hyperlab shows its own progress bar; Tune's tables and snapshot warnings are noise.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record, not CSV/TB
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-def run_search(run: SearchRun, resume: bool = False, progress: bool = True):
-    """Run (or resume) a search to the end; returns Tune's ResultGrid."""
-    init_ray(run.address, run.num_cpus)
-    trainable = _trainable(run)
-    if resume:  # Tune restores the searcher and the callbacks (which reattach to their MLflow runs)
-        # Unfinished trials continue from their checkpoints; failed ones already had their retries.
-        tuner = tune.Tuner.restore(experiment_path(run.storage, run.name), trainable, resume_unfinished=True)
-    else:
-        callbacks = [JsonLoggerCallback(), MlflowSearchCallback(
-            run.tracking_uri, run.name, run.space.objectives,
-            tags={layout.TAG_CODE_VERSION: code_version(), layout.TAG_SPACE_HASH: run.space.space_hash(),
-                  layout.TAG_STORAGE: experiment_path(run.storage, run.name),
-                  layout.TAG_DATASET: run.base_config.data.dataset},
-            params={k: v for k, v in run.base_config.flat().items() if k not in run.space.space},
-            artifacts={layout.SEARCH_SPACE_ARTIFACT: run.space_text, "search_space.resolved.yaml": dump(run.space)},
-            reference_bounds={"model/n_params": run.space.budget.max_params}
-            if run.space.budget and "model/n_params" in run.space.objectives else None)]
-        if progress:
-            callbacks.append(ProgressCallback(run.space.trials, run.name))
-        tuner = tune.Tuner(trainable, tune_config=_tune_config(run), run_config=_run_config(run, callbacks))
+def ray_state_exists(experiment_path: str) -> bool:
+    """Whether Ray Tune ever snapshotted this experiment (a search that really started)."""
+    fs, path = storage.filesystem(experiment_path)
     try:
-        return tuner.fit()
-    except BaseException:
-        SearchWriter(run.tracking_uri, run.name, run.space.objectives).finish_interrupted()
-        raise
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except (FileNotFoundError, OSError):
+        return False
+    return any(e.base_name.startswith("experiment_state") for e in entries)
 
 
-def _trainable(run: SearchRun):
-    trainable = tune.with_parameters(train_trial, base_config=run.base_config, data_dir=run.data_dir,
-                                     objectives=tuple(run.space.objectives))
-    resources = run.space.resources
+def search_started(home: SearchHome) -> bool:
+    """Whether the search really started: Ray snapshotted it, or MLflow holds a run of one of its trials
+    (a parent run alone is what a start that failed before its first trial leaves: never started)."""
+    from hyperlab.tracking import read
+
+    if ray_state_exists(home.experiment_path):
+        return True
+    if read.search_status(home.tracking_uri, home.name) is None:
+        return False
+    return len(read.read_trials(home.name, home.tracking_uri)) > 0
+
+
+def run_search(home: SearchHome, space: SearchSpace, base_config, space_text: str, resume: bool = False,
+               progress: bool = True, trainable=None) -> Outcome:
+    """Run (or resume) a search to its end or until it is interrupted. ``trainable`` replaces the
+    training of each trial (``benchmarks/search_overhead.py`` times the driver with a null one)."""
+    _end_cleanly_on_sigterm()  # before Ray starts its threads: they inherit SIGTERM blocked
+    cluster.connect(home.address, home.num_cpus, home.num_gpus)
+    smallest, _, largest = size_range(space, base_config, home.data_dir)
+    cluster.check_resources(space.resources.for_params(largest), space.resources.for_params(smallest))
+    cluster.check_storage(home.experiment_path)
+    prepare_local_folders(home)  # only now: a start refused above leaves nothing behind
+    lease = Lease(home.optuna_storage, home.name)
+    lease.acquire()
+    ON_TERMINATE.append(lease.release)
+    try:
+        lease.keep_alive()
+        started = search_started(home)
+        if resume and not started:
+            raise UserError(f"search {home.name!r} never started (no Ray state under {home.experiment_path}); "
+                            f"start it with `hyperlab search FILE --name {home.name}`")
+        if not resume and started:
+            raise UserError(f"a search named {home.name!r} already exists (under {home.storage}): "
+                            f"`hyperlab resume {home.name}` continues it, --name starts another")
+        if not resume:
+            _fresh_study(space, home)
+        return _run(home, space, base_config, space_text, resume, progress, trainable)
+    finally:
+        ON_TERMINATE.remove(lease.release)
+        lease.release()
+
+
+def _fresh_study(space: SearchSpace, home: SearchHome) -> None:
+    """The search's study, empty: one left by a start that never reached Ray's first snapshot goes."""
+    import optuna
+
+    from hyperlab.search.searcher import rdb_storage
+
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=home.name, storage=rdb_storage(home.optuna_storage))
+    create_study(space, home.name, home.optuna_storage)
+
+
+def _run(home: SearchHome, space: SearchSpace, base_config, space_text: str, resume: bool, progress: bool,
+         trainable=None) -> Outcome:
+    bounds = {"model/n_params": space.budget.max_params} if space.budget and "model/n_params" in space.objectives else None
+    recorder = SearchRecorder(home.tracking_uri, home.name, space.objectives, space.trials, home.experiment_path,
+                              bounds)
+    RECORDERS[home.name] = recorder
+    ON_TERMINATE.insert(0, lambda: recorder.finish(complete=False))
+    try:
+        recorder.start(tags={layout.TAG_NOTE: description(home, space, base_config),
+                             layout.TAG_CODE_VERSION: code_version(), layout.TAG_SPACE_HASH: space.space_hash(),
+                             layout.TAG_STORAGE: home.experiment_path, layout.TAG_DATASET: base_config.data.dataset},
+                       params={k: v for k, v in base_config.flat().items() if k not in space.space},
+                       artifacts={layout.SEARCH_SPACE_ARTIFACT: space_text, "search_space.resolved.yaml": dump(space),
+                                  layout.MANIFEST_ARTIFACT: json.dumps(home.manifest(), indent=1)},
+                       resumed=resume)
+        trainable = _trainable(home, space, base_config, trainable)
+        if home.address is None:  # the local Ray's workers share this machine's build
+            build_kernels_first(space, base_config)
+        if resume:  # Tune restores the searcher and the scheduler; unfinished trials continue from checkpoints
+            tuner = tune.Tuner.restore(home.experiment_path, trainable, resume_unfinished=True)
+        else:
+            # MLflow is the record; Tune's JSON logger stays (its ResultGrid reads each trial's result.json)
+            callbacks = [JsonLoggerCallback(), MlflowSearchCallback(home.name)]
+            if progress:
+                callbacks.append(ProgressCallback(space.trials, home.name))
+            tuner = tune.Tuner(trainable, tune_config=_tune_config(home, space, base_config),
+                               run_config=_run_config(home, space, callbacks))
+        try:
+            tuner.fit()
+        except BaseException:
+            with _signals_held():  # the record is closed even if Ctrl-C comes again
+                _unless_terminating()
+                recorder.finish(complete=False)
+            raise
+        with _signals_held():
+            _unless_terminating()  # a SIGTERM that also stopped Ray's processes ends fit: the search is KILLED
+            wait_for_tells(home.name)  # Optuna's record complete before the search's end is
+            tell_ended(home.name, home.optuna_storage, space.objectives, recorder.ended_before)  # ends a kill cut off
+            complete = recorder.all_ended and all_trials_ended(home.name, home.optuna_storage, space.trials)
+            _unless_terminating()
+            recorder.finish(complete)
+        return Outcome(complete=complete, errors=recorder.errors)
+    finally:
+        RECORDERS.pop(home.name, None)
+        del ON_TERMINATE[0]
+
+
+def description(home: SearchHome, space: SearchSpace, base_config) -> str:
+    """The parent run's description in the MLflow UI: what the search is, where its figures are."""
+    objectives = ", ".join(f"{name} ({d})" for name, d in space.objectives.items())
+    varied = ", ".join(f"`{key}`" for key in space.space)
+    return (f"hyperlab search **{home.name}**: {space.trials} trials of `{space.model}` ({space.task}) on "
+            f"`{base_config.data.dataset}`, varying {varied}; {space.sampler.name} sampler, seed {space.sampler.seed}. "
+            f"Objectives: {objectives}.\n\n"
+            f"Figures and front (Artifacts, `{layout.REPORT_DIR}/`): `{layout.TRADEOFF_HTML_ARTIFACT}` (interactive "
+            f"trade-off, works offline), `{layout.TRADEOFF_PNG_ARTIFACT}`, `{layout.FRONT_TABLE_ARTIFACT}`; "
+            f"the hypervolume after each complete trial is the metric `{layout.HYPERVOLUME_METRIC}`.\n\n"
+            f"Trials are this run's child runs, named by Optuna number and varied values; filter the front with "
+            f"`tags.{layout.TAG_FRONT} = '1'` (the knee: `tags.{layout.TAG_KNEE} = '1'`). "
+            f"`hyperlab pareto {home.name}` prints it; `hyperlab sample RUN_ID` samples a trial's model.")
+
+
+def build_kernels_first(space: SearchSpace, base_config) -> None:
+    """Build the HyperLSTM's C++ cell loops on the driver before any trial starts (once per machine and
+    version), with a notice: otherwise the first trials wait for it silently, in their workers."""
+    from hyperlab.models import build_cpu_kernels, cpu_kernels_built
+
+    cells = {getattr(base_config.model, "cell", None)}
+    if "model.cell" in space.space:
+        cells |= set(getattr(space.space["model.cell"], "values", []))
+    if "hyperlstm" not in cells or base_config.device == "cuda" or cpu_kernels_built():
+        return
+    print("building the HyperLSTM's C++ cell loops (once per machine and version, about a minute)...", flush=True)
+    started = time.monotonic()
+    built = build_cpu_kernels()
+    print(f"  {'built' if built else 'not built (trials use the PyTorch code)'} in "
+          f"{time.monotonic() - started:.0f} s", flush=True)
+
+
+ON_TERMINATE: list = []  # what a SIGTERM runs before the driver exits: close the record, release the lease
+
+
+def _end_cleanly_on_sigterm() -> None:
+    """SIGTERM (``kill``, ``ray job stop``, a scheduler's stop) ends the search KILLED and resumable, and
+    the driver with exit code 143, even when the signal reached Ray's own processes too and the driver's
+    main thread is stuck in a call to them: SIGTERM is blocked in every thread but one that waits for it
+    (``sigwait``), closes the record and exits."""
+    if threading.current_thread() is not threading.main_thread() or _SIGTERM_WATCHER:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait_for_sigterm():
+        signal.sigwait({signal.SIGTERM})
+        TERMINATING.set()
+        seal_studies()  # first: a trial told now would miss its end in MLflow, whose record closes next
+        print("hyperlab: terminated; the search ends KILLED (`hyperlab resume` continues it)", file=sys.stderr)
+        for cleanup in list(ON_TERMINATE):
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - exiting anyway; what could be closed was
+                pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
+
+    _SIGTERM_WATCHER.append(threading.Thread(target=wait_for_sigterm, name="hyperlab-sigterm", daemon=True))
+    _SIGTERM_WATCHER[0].start()
+
+
+_SIGTERM_WATCHER: list = []
+TERMINATING = threading.Event()  # set when SIGTERM has come: its thread closes the record, KILLED, and exits
+
+
+def _unless_terminating() -> None:
+    """Once SIGTERM has come the record is its thread's to close (KILLED, open trial runs closed), not the
+    main thread's: Tune's ``fit`` may return because the signal stopped Ray's processes too, and a close
+    made from there would be taken for the search's end. The main thread waits for the exit."""
+    if TERMINATING.is_set():
+        threading.Event().wait()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    held = {signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def _trainable(home: SearchHome, space: SearchSpace, base_config, trainable=None):
+    trainable = trainable or tune.with_parameters(train_trial, base_config=base_config, data_dir=home.data_dir,
+                                                  objectives=tuple(space.objectives),
+                                                  experiment_uri=home.experiment_path)
+    resources = space.resources
     return tune.with_resources(trainable, lambda config: resources.for_params(config.get(N_PARAMS_KEY, 0)))
 
 
-def _tune_config(run: SearchRun) -> tune.TuneConfig:
-    space = run.space
-    searcher = BudgetedOptunaSearch(space, run.base_config, study_name=run.name, data_dir=run.data_dir)
+REUSE_ACTORS = True  # a trial's worker process serves the next trial (no new process, no imports again)
+
+
+def _tune_config(home: SearchHome, space: SearchSpace, base_config) -> tune.TuneConfig:
+    searcher = StudySearcher(space, base_config, study_name=home.name, optuna_storage=home.optuna_storage,
+                             data_dir=home.data_dir)
     scheduler = None
     if space.early_stopping:
-        rule = space.early_stopping
-        schedule = run.base_config.schedule
+        rule, schedule = space.early_stopping, base_config.schedule
         evaluations = -(-schedule.steps // schedule.eval_every)
-        state_path = f"{experiment_path(run.storage, run.name)}/asha_state.pkl"
-        scheduler = PersistentASHA(rule, mode=direction(rule.metric),
-                                   max_evaluations=evaluations, state_path=state_path)
+        scheduler = PersistentASHA(rule, mode=direction(rule.metric), max_evaluations=evaluations,
+                                   state_path=f"{home.experiment_path}/{EARLY_STOPPING_STATE}")
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.trials,
-                           max_concurrent_trials=space.concurrency, reuse_actors=True)
+                           max_concurrent_trials=space.concurrency, reuse_actors=REUSE_ACTORS)
 
 
-def _run_config(run: SearchRun, callbacks) -> tune.RunConfig:
-    storage = run.storage if "://" in run.storage else os.path.abspath(run.storage)
+def _run_config(home: SearchHome, space: SearchSpace, callbacks) -> tune.RunConfig:
     return tune.RunConfig(
-        name=run.name, storage_path=storage, callbacks=callbacks, verbose=0,
-        failure_config=tune.FailureConfig(max_failures=run.space.retries),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        name=home.name, storage_path=home.storage, callbacks=callbacks, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=space.retries),
     )

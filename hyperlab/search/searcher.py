@@ -1,20 +1,35 @@
-"""Optuna drives the search through Ray Tune's ``OptunaSearch``, with three changes:
+"""Optuna drives the search through its ask-and-tell interface, on a study in a database (Optuna's RDB
+storage), as a Ray Tune ``Searcher``:
 
-* every suggestion is sized before it trains; one over the parameter budget goes back to Optuna as a
-  failed (infeasible) trial and is never handed to Tune, and Optuna is asked again;
-* a trial that Tune ends before it finished training (an early-stopping rule, a user stop) goes back
-  to Optuna as PRUNED, not COMPLETE, so partial results never shape the front;
-* the study has its own name (the search's), so unrelated searches never merge into one study.
+* every suggestion is sized before it trains; one over the parameter budget is told FAIL (user
+  attribute ``infeasible``) and never reaches Tune, and Optuna is asked again;
+* a trial that trained to the end is told COMPLETE with its objectives, one stopped early PRUNED,
+  one that failed FAIL; a trial told already (a resumed run reporting its final result again) is
+  left as it is;
+* the study is the record of what was suggested: an Optuna trial asked after Ray's last experiment
+  snapshot (a driver killed in between, even between the ask and the hand-out) is *adopted* on resume
+  (handed to Tune again, with its number and parameters) instead of a new one being asked;
+* each ask uses a sampler seeded by the search's seed and the trial's number, so the suggestions do
+  not depend on when the driver was interrupted;
+* the study's database is used off Tune's loop, on one thread, in order: a tell as a trial ends, and the
+  next suggestion asked (and sized) as soon as one is handed out, so that Tune's next ``suggest`` finds it
+  ready; the database's round trips never hold up the loop that runs the trials.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import logging
+import threading
+import warnings
 from typing import Any
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+import sqlalchemy
+from ray.tune.search import Searcher
 
+from hyperlab.search import optuna_private
 from hyperlab.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -24,73 +39,310 @@ COMPLETE_KEY = "trial/complete"
 N_PARAMS_KEY = "_n_params"
 OPTUNA_TRIAL_KEY = "_optuna_trial"
 MAX_INFEASIBLE_IN_A_ROW = 1000
+ATTR_RAY_TRIAL = "ray_trial_id"
+ATTR_N_PARAMS = "n_params"
+ATTR_INFEASIBLE = "infeasible"
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+def make_sampler(space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
     s = space.sampler
     if s.name == "tpe":
         kwargs = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
         # constant_liar: trials still running count as pessimistic results, so concurrent
         # suggestions spread out instead of piling onto one point.
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True, **kwargs)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, **kwargs)
     if s.name == "nsga2":
         kwargs = {} if s.population_size is None else {"population_size": s.population_size}
-        return optuna.samplers.NSGAIISampler(seed=s.seed, **kwargs)
+        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
     if s.name == "gp":
         kwargs = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
-        return optuna.samplers.GPSampler(seed=s.seed, **kwargs)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.GPSampler(seed=seed, **kwargs)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
-class BudgetedOptunaSearch(OptunaSearch):
-    """OptunaSearch with a parameter budget, pruned early stops and a per-search study."""
+def trial_seed(seed: int | None, number: int) -> int | None:
+    """The sampler seed of the ask that makes trial ``number``."""
+    return None if seed is None else (seed * 1_000_003 + number) % 2**32
 
-    def __init__(self, space: SearchSpace, base_config, study_name: str, data_dir: str | None = None):
-        objectives = list(space.objectives)
-        super().__init__(
-            space=space.distributions(),
-            metric=objectives,
-            mode=[space.objectives[name] for name in objectives],
-            sampler=make_sampler(space),
-            study_name=study_name,
-        )
-        self._base_config = base_config
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on ``url``; a sqlite file in write-ahead-log mode (readers such as
+    optuna-dashboard never block the driver, and a commit need not wait for the disk)."""
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
+    sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+    storage.engine.dispose()  # connections opened before the listener: reopened with it
+    return storage
+
+
+def _sqlite_pragmas(connection, record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_study(space: SearchSpace, name: str, url: str) -> optuna.Study:
+    """The search's study (created, or loaded when it exists), with its objectives' names."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=rdb_storage(url), study_name=name, load_if_exists=True,
+                                directions=["minimize" if d == "min" else "maximize" for d in space.objectives.values()])
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(space.objectives))
+    return study
+
+
+SEARCHERS: dict[str, StudySearcher] = {}
+"""The searcher of each search this driver runs (Tune restores its own copy): the runner waits on its tells."""
+
+
+_SEALED = threading.Event()
+_WRITING = threading.Lock()  # held while a job of a study's thread runs
+
+
+def seal_studies() -> None:
+    """SIGTERM: this driver writes nothing more to any study. A job already running finishes first; those
+    still queued do nothing. Tune's loop goes on until the driver exits, and a trial that ends meanwhile is
+    told on resume, as after a kill, not now, when its end no longer reaches MLflow (its record is closed)."""
+    with _WRITING:
+        _SEALED.set()
+
+
+def _unless_sealed(fn, *args):
+    with _WRITING:
+        if _SEALED.is_set():
+            return None
+        return fn(*args)
+
+
+def wait_for_tells(name: str) -> None:
+    searcher = SEARCHERS.pop(name, None)
+    if searcher is not None:
+        searcher.wait_for_tells()
+
+
+def all_trials_ended(study_name: str, url: str, total: int) -> bool:
+    """Whether ``total`` trials were handed out and every one has ended (what the study records, not what
+    Ray's last snapshot saw: trials may have ended after it)."""
+    study = optuna.load_study(study_name=study_name, storage=rdb_storage(url))
+    handed = [t for t in study.get_trials(deepcopy=False) if ATTR_RAY_TRIAL in t.user_attrs]
+    return len(handed) >= total and all(t.state.is_finished() for t in handed)
+
+
+def tell_ended(study_name: str, url: str, objectives, ended: dict[int, tuple[str, dict]]) -> int:
+    """Tell the study the end of trials that Tune saw end (``ended``: Optuna number -> Tune status and last
+    result) but that it still holds RUNNING: a driver killed between Tune's snapshot of a trial's end and the
+    searcher's tell of it. Returns how many were told."""
+    study = optuna.load_study(study_name=study_name, storage=rdb_storage(url))
+    told = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.number not in ended:
+            continue
+        status, result = ended[trial.number]
+        if status == "ERROR":
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        elif result.get(COMPLETE_KEY):
+            study.tell(trial.number, [float(result[name]) for name in objectives])
+        else:
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+        told += 1
+    return told
+
+
+class StudySearcher(Searcher):
+    """Suggestions from the search's Optuna study (see the module docstring)."""
+
+    def __init__(self, space: SearchSpace, base_config, study_name: str, optuna_storage: str,
+                 data_dir: str | None = None):
+        super().__init__(metric=None, mode=None)
+        self._space, self._base_config, self._data_dir = space, base_config, data_dir
+        self._study_name, self._url = study_name, optuna_storage
         self._max_params = space.budget.max_params if space.budget else None
-        self._data_dir = data_dir
-        self.infeasible: list[dict[str, Any]] = []  # [{"params": ..., "n_params": ...}], in order
+        self._numbers: dict[str, int] = {}  # Tune's trial id -> Optuna trial number, for trials Tune knows
+        self._adopt: list[int] = []          # numbers asked but unknown to Tune's restored state
+        self._storage_obj = self._study_obj = None
+        self._next_number: int | None = None  # the number the next ask gets
+        self._handed: int | None = None       # trials handed to Tune so far (this search, every driver)
+        self._tells: concurrent.futures.ThreadPoolExecutor | None = None  # the study's one thread
+        self._ahead: concurrent.futures.Future | None = None  # the next suggestion, being asked
+        self._adopted_asks = False  # whether this driver took up the asks a stopped one never handed out
 
+    def __getstate__(self):  # Tune pickles its searcher with the experiment: no database handles, no threads
+        return {**self.__dict__, "_storage_obj": None, "_study_obj": None, "_next_number": None, "_handed": None,
+                "_tells": None, "_ahead": None, "_adopted_asks": False}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study_obj is None:
+            self._storage_obj = rdb_storage(self._url)
+            self._study_obj = optuna.load_study(study_name=self._study_name, storage=self._storage_obj)
+        return self._study_obj
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    # ---- suggestions ------------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
+        if not self._adopted_asks:  # once per driver (restore adopts them first): a stopped driver's asks
+            self._adopted_asks = True
+            self._adopt += [n for n in self._unhanded_asks() if n not in self._adopt]
+        if self._adopt:
+            return self._hand_out(trial_id, self._adopt.pop(0))
+        if self._handed is None:  # once per driver: trials handed out before, known to Tune's snapshot or not
+            self._handed = sum(ATTR_RAY_TRIAL in t.user_attrs for t in self.study.get_trials(deepcopy=False))
+        if self._handed >= self._space.trials:
+            return Searcher.FINISHED  # some ended after Ray's last snapshot: Tune's own count is behind
+        ahead, self._ahead = self._ahead, None
+        asked = (ahead or self._submit(self._ask)).result()
+        if asked is None:
+            return Searcher.FINISHED
+        number, params, n_params = asked
+        self._submit(self._set_handed_out, number, trial_id)
+        self._numbers[trial_id] = number
+        self._handed += 1
+        if self._handed < self._space.trials:
+            self._ahead = self._submit(self._ask)
+        return {**params, N_PARAMS_KEY: n_params, OPTUNA_TRIAL_KEY: number}
+
+    def _ask(self) -> tuple[int, dict, int] | None:
+        """The next trial within the budget: (number, parameters, size), sized and recorded in the study,
+        not yet handed out; None after too many over-budget suggestions in a row."""
+        distributions = self._space.distributions()
         for _ in range(MAX_INFEASIBLE_IN_A_ROW):
-            params = super().suggest(trial_id)
-            if params is None:
-                return None
-            ot_trial = self._ot_trials[trial_id]
-            n_params = self._size(params)
+            study = self.study
+            if self._next_number is None:  # once per driver: this one is the study's only writer
+                self._next_number = len(study.get_trials(deepcopy=False))
+            study.sampler = make_sampler(self._space, trial_seed(self._space.sampler.seed, self._next_number))
+            trial = study.ask(distributions)
+            self._next_number = trial.number + 1
+            n_params = self._size(trial.params)
+            trial.set_user_attr(ATTR_N_PARAMS, n_params)
             if self._max_params is None or n_params <= self._max_params:
-                ot_trial.set_user_attr("n_params", n_params)
-                ot_trial.set_user_attr("ray_trial_id", trial_id)
-                return {**params, N_PARAMS_KEY: n_params, OPTUNA_TRIAL_KEY: ot_trial.number}
-            self._reject(trial_id, ot_trial, params, n_params)
-        raise RuntimeError(f"{MAX_INFEASIBLE_IN_A_ROW} suggestions in a row were over the parameter budget "
-                           f"({self._max_params:,.0f}); widen the budget or narrow the space")
+                return trial.number, trial.params, n_params
+            trial.set_user_attr(ATTR_INFEASIBLE, f"{n_params} parameters > budget {self._max_params:.0f}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.info("over budget, not trained: %s (%d parameters)", trial.params, n_params)
+        log.error("%d suggestions in a row were over the parameter budget (%s): no more trials start; "
+                  "widen the budget or narrow the space", MAX_INFEASIBLE_IN_A_ROW, f"{self._max_params:,.0f}")
+        return None
+
+    def _set_handed_out(self, number: int, trial_id: str) -> None:
+        self.study  # noqa: B018 - connects
+        self._storage_obj.set_trial_user_attr(self._trial_storage_id(number), ATTR_RAY_TRIAL, trial_id)
+
+    def _hand_out(self, trial_id: str, number: int) -> dict:
+        storage_id = self._trial_storage_id(number)
+        self._storage_obj.set_trial_user_attr(storage_id, ATTR_RAY_TRIAL, trial_id)
+        frozen = self._storage_obj.get_trial(storage_id)
+        self._numbers[trial_id] = number
+        return {**frozen.params, N_PARAMS_KEY: frozen.user_attrs[ATTR_N_PARAMS], OPTUNA_TRIAL_KEY: number}
+
+    def _trial_storage_id(self, number: int) -> int:
+        study_id = self._storage_obj.get_study_id_from_name(self._study_name)
+        return self._storage_obj.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def _state(self, number: int) -> optuna.trial.TrialState:
+        self.study  # noqa: B018 - connects
+        return self._storage_obj.get_trial(self._trial_storage_id(number)).state
 
     def _size(self, params: dict) -> int:
         from hyperlab.training import parameter_count
 
         return int(parameter_count(self._base_config.with_overrides(params), self._data_dir)["total"])
 
-    def _reject(self, trial_id: str, ot_trial, params: dict, n_params: int) -> None:
-        ot_trial.set_user_attr("infeasible", f"{n_params} parameters > budget {self._max_params:.0f}")
-        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-        del self._ot_trials[trial_id]
-        self.infeasible.append({"params": params, "n_params": n_params, "optuna_trial": ot_trial.number})
-        log.info("over budget, not trained: %s (%d parameters)", params, n_params)
-
+    # ---- results ----------------------------------------------------------------------------------------
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result is not None and not error and not result.get(COMPLETE_KEY):
-            result = None  # stopped before the end: Optuna records PRUNED, not a value
-        super().on_trial_complete(trial_id, result=result, error=error)
+        """Tell Optuna, off Tune's loop (in order, on one thread). A tell lost with the driver heals on
+        resume: the trial is unfinished in the study, so it is restored or adopted and reports its end
+        again from its final checkpoint."""
+        number = self._numbers.pop(trial_id, None)
+        if number is None:
+            return
+        values = None
+        if not error and result is not None and result.get(COMPLETE_KEY):
+            values = [float(result[name]) for name in self._space.objectives]
+        self._submit(self._tell, number, values, error)
 
-    @property
-    def study(self) -> optuna.Study:
-        return self._ot_study
+    def _tell(self, number: int, values: list[float] | None, error: bool) -> None:
+        try:
+            if self._state(number).is_finished():
+                return  # told before the driver stopped; a resumed trial reports its end again
+            State = optuna.trial.TrialState
+            if error:
+                self.study.tell(number, state=State.FAIL)
+            elif values is not None:
+                self.study.tell(number, values)
+            else:  # stopped before the end: a partial result never shapes the front
+                self.study.tell(number, state=State.PRUNED)
+        except Exception:  # noqa: BLE001 - the study heals on resume (see on_trial_complete)
+            log.exception("could not tell Optuna the end of trial %d", number)
+
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
+        return self._teller().submit(_unless_sealed, fn, *args)
+
+    def _teller(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The one thread that uses the study's database while Tune runs: tells, asks, hand-outs."""
+        if self._tells is None:
+            self._tells = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperlab-optuna")
+            SEARCHERS[self._study_name] = self
+        return self._tells
+
+    def wait_for_tells(self) -> None:
+        """Every tell and hand-out submitted so far is done (a snapshot, the end of the search)."""
+        if self._tells is not None:
+            self._tells.submit(lambda: None).result()
+
+    # ---- Tune's experiment snapshots ---------------------------------------------------------------------
+    def save(self, checkpoint_path: str) -> None:
+        self.wait_for_tells()
+        with open(checkpoint_path, "w") as f:
+            json.dump({"numbers": self._numbers}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self._numbers = {str(k): int(v) for k, v in json.load(f)["numbers"].items()}
+        self._adopt = self.orphans()
+
+    def orphans(self) -> list[int]:
+        """Numbers of the study's unfinished trials that Tune's restored state does not know: the ones to
+        adopt, in order. A trial handed out after the last snapshot is adopted as it is; so is one asked but
+        never handed out (see ``_unhanded_asks``)."""
+        known = set(self._numbers.values())
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        handed = [t.number for t in running if t.number not in known and ATTR_RAY_TRIAL in t.user_attrs]
+        self._adopted_asks = True
+        return sorted(handed + self._unhanded_asks())
+
+    def _unhanded_asks(self) -> list[int]:
+        """Trials a stopped driver asked but never handed out (the next suggestion is asked ahead): sized and
+        adopted like fresh suggestions (told FAIL over the budget), so that none is asked again under a new
+        number. An ask cut short (the driver killed while it wrote the parameters) is finished first, with
+        the sampler that ask had: the trial gets the parameters it would have had."""
+        adopt = []
+        distributions = self._space.distributions()
+        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if ATTR_RAY_TRIAL in trial.user_attrs:
+                continue
+            storage_id = self._trial_storage_id(trial.number)
+            params = trial.params
+            if set(params) != set(distributions):
+                self.study.sampler = make_sampler(self._space, trial_seed(self._space.sampler.seed, trial.number))
+                params = optuna_private.finish_ask(self.study, storage_id, distributions)
+            n_params = self._size(params)
+            self._storage_obj.set_trial_user_attr(storage_id, ATTR_N_PARAMS, n_params)
+            if self._max_params is not None and n_params > self._max_params:
+                self._storage_obj.set_trial_user_attr(storage_id, ATTR_INFEASIBLE,
+                                                      f"{n_params} parameters > budget {self._max_params:.0f}")
+                self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                continue
+            adopt.append(trial.number)
+        return adopt
+
+    def get_state(self) -> dict[str, Any]:
+        return {"numbers": self._numbers}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._numbers = dict(state["numbers"])

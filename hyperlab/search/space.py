@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -80,7 +80,7 @@ class FloatParam(StrictModel):
 
 class ChoiceParam(StrictModel):
     type: Literal["choice"]
-    values: list[Union[bool, int, float, str]] = pydantic.Field(min_length=1)
+    values: list[bool | int | float | str] = pydantic.Field(min_length=1)
 
     @pydantic.model_validator(mode="after")
     def _distinct(self):
@@ -94,7 +94,7 @@ class ChoiceParam(StrictModel):
         return optuna.distributions.CategoricalDistribution(self.values)
 
 
-Param = Annotated[Union[IntParam, FloatParam, ChoiceParam], pydantic.Field(discriminator="type")]
+Param = Annotated[IntParam | FloatParam | ChoiceParam, pydantic.Field(discriminator="type")]
 
 
 def _check_range(low: float, high: float, log: bool) -> None:
@@ -112,17 +112,26 @@ class Sampler(StrictModel):
 
 
 class Resources(StrictModel):
-    """Resources per trial. ``gpu`` may be a fraction; ``gpu_per_million_params`` grows a trial's GPU
-    share with its model's parameter count, capped at ``max_gpu``."""
+    """Resources per trial. ``gpu`` may be a fraction (trials share a GPU); ``gpu_per_million_params``
+    grows a trial's GPU share with its model's parameter count, capped at ``max_gpu``. A share above one
+    GPU is rounded up to whole GPUs (Ray places a fraction only within one GPU, so 1.2 would never be
+    scheduled); ``gpu`` and ``max_gpu`` above 1 must be whole numbers."""
 
     cpu: float = pydantic.Field(default=1, gt=0)
     gpu: float = pydantic.Field(default=0, ge=0)
     gpu_per_million_params: float = pydantic.Field(default=0, ge=0)
     max_gpu: float = pydantic.Field(default=1, gt=0)
 
+    @pydantic.field_validator("gpu", "max_gpu")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"a share above one GPU must be a whole number of GPUs, got {value}")
+        return value
+
     def for_params(self, n_params: int) -> dict[str, float]:
-        gpu = self.gpu + self.gpu_per_million_params * n_params / 1e6
-        return {"CPU": self.cpu, "GPU": min(gpu, self.max_gpu) if gpu else 0.0}
+        gpu = min(self.gpu + self.gpu_per_million_params * n_params / 1e6, self.max_gpu)
+        return {"CPU": self.cpu, "GPU": float(math.ceil(gpu)) if gpu > 1 else gpu}
 
 
 class Budget(StrictModel):
@@ -178,6 +187,13 @@ class SearchSpace(StrictModel):
             raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
         return name
 
+    @pydantic.model_validator(mode="after")
+    def _gpu_for_cuda(self) -> SearchSpace:
+        if self.fixed.get("device") == "cuda" and not (self.resources.gpu or self.resources.gpu_per_million_params):
+            raise ValueError("fixed.device is 'cuda' but resources give a trial no GPU share; set resources.gpu "
+                             "(a fraction shares a GPU between trials) or device 'auto'")
+        return self
+
     def distributions(self) -> dict:
         """Optuna distributions by dotted key, passed to OptunaSearch as they are."""
         return {key: param.distribution() for key, param in self.space.items()}
@@ -205,11 +221,7 @@ def parse_search_space(text: str, source: str) -> tuple[SearchSpace, Any]:
 def check_search_space(data: Any, path: str | Path) -> tuple[SearchSpace, Any]:
     from hyperlab.training import TrainConfig
 
-    try:
-        space = validate(SearchSpace, data, path)
-    except ConfigError as err:  # drop the union tag pydantic puts in the key (space.model.n_z.int)
-        raise ConfigError(str(path), [(re.sub(r"^(space\.[^.]+(?:\.[^.]+)*?)\.(int|float|choice)(\.|$)",
-                                              r"\1\3", key), msg) for key, msg in err.problems]) from None
+    space = validate(SearchSpace, data, path)
     _check_keys_exist(space, path)
     try:
         base = validate(TrainConfig, {"task": space.task, **_nested_lows(space)}, path)
@@ -230,17 +242,49 @@ def _check_objectives_reported(space: SearchSpace, base, path) -> None:
     reported = set(metrics.TASK_METRICS[space.task])
     if not base.schedule.test:
         reported -= {m for m in reported if m.startswith("test/")}
-    if "model/compression_ratio" in space.objectives:  # sized without the data: no download here
-        from hyperlab.models import model_arguments, size_model
-        from hyperlab.training.config import DATA_FILLED_ARGS
-
-        placeholders = {key: 2 for key in DATA_FILLED_ARGS if key in model_arguments(space.model)}
-        if size_model({"name": space.model, **base.model.arguments(), **placeholders})["compression_ratio"] is None:
-            reported.discard("model/compression_ratio")
+    if not base.model.static_hypernetwork:
+        reported.discard("model/compression_ratio")
     missing = [name for name in space.objectives if name not in reported]
     if missing:
         raise ConfigError(str(path), [("objectives", f"{name} is not reported by {space.task} training with "
                                        f"these settings; reported: {sorted(reported)}") for name in missing])
+
+
+def check_budget(space: SearchSpace, base, data_dir: str | None, path) -> None:
+    """A parameter budget that no configuration of the space meets is an error."""
+    if space.budget is None:
+        return
+    smallest, overrides, _ = size_range(space, base, data_dir)
+    if smallest > space.budget.max_params:
+        shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the fixed model"
+        raise ConfigError(str(path), [("budget.max_params", f"no configuration of the space fits the budget of "
+                                       f"{space.budget.max_params:,.0f} parameters: the smallest corner ({shown}) "
+                                       f"has {smallest:,}; raise the budget or shrink the space")])
+
+
+def size_range(space: SearchSpace, base, data_dir: str | None) -> tuple[int, dict, int]:
+    """(fewest parameters, the corner that has them, most parameters) over the corners of the space's
+    model keys (each numeric key at its low or high end, every choice): parameter counts grow with each
+    size key, so the extremes are corners. The most is capped by the budget."""
+    import itertools
+
+    from hyperlab.training import parameter_count
+
+    keys = [key for key in space.space if key.startswith("model.")]
+    corners = itertools.product(*(_extremes(space.space[key]) for key in keys))
+    smallest, largest = None, 0
+    for values in itertools.islice(corners, MAX_CORNERS):
+        overrides = dict(zip(keys, values))
+        n_params = parameter_count(base.with_overrides(overrides), data_dir)["total"]
+        if smallest is None or n_params < smallest[0]:
+            smallest = (n_params, overrides)
+        largest = max(largest, n_params)
+    if space.budget is not None:
+        largest = min(largest, int(space.budget.max_params))
+    return smallest[0], smallest[1], largest
+
+
+MAX_CORNERS = 4096  # corners sized by check_budget (12 keys with two ends each)
 
 
 def _key_in_file(space: SearchSpace, key: str) -> str:
@@ -268,15 +312,12 @@ def _nested_lows(space: SearchSpace) -> dict:
 
 
 def _check_keys_exist(space: SearchSpace, path) -> None:
-    from hyperlab.training import TrainConfig
+    """Every dotted key of the space names a value of the training config (its typed fields)."""
+    from hyperlab.training.config import unknown_key
 
-    for key in space.space:
-        section = key.split(".")[0]
-        if section not in TrainConfig.model_fields or section in ("task",):
-            raise ConfigError(str(path), [(f"space.{key}", f"not a training-config key; sections are "
-                                           f"{sorted(set(TrainConfig.model_fields) - {'task'})}")])
-        if key == "model.name":
-            raise ConfigError(str(path), [("space.model.name", "the model family is fixed by `model`")])
+    problems = [(f"space.{key}", why) for key in space.space if (why := unknown_key(key, space.model))]
+    if problems:
+        raise ConfigError(str(path), problems)
 
 
 def dump(space: SearchSpace) -> str:

@@ -20,6 +20,9 @@ get a run: they are failed trials of the Optuna study, with the reason as a user
 
 from __future__ import annotations
 
+from hyperlab.analysis.report import FRONT_CSV, FRONT_PARQUET, TRADEOFF_HTML, TRADEOFF_PNG
+from hyperlab.metrics import COMPLETE, FAILED, FIDELITIES, PARTIAL  # noqa: F401 - the fidelities, re-exported
+
 TAG_SEARCH = "hyperlab.search"
 TAG_ROLE = "hyperlab.role"                 # "search" | "trial"
 TAG_OBJECTIVES = "hyperlab.objectives"     # JSON: {"model/n_params": "min", "val/bpc": "min"}
@@ -30,6 +33,12 @@ TAG_OPTUNA_TRIAL = "hyperlab.optuna_trial"
 TAG_CHECKPOINT = "hyperlab.checkpoint"
 TAG_OUTCOME = "hyperlab.outcome"           # "completed", "stopped early", "interrupted", "diverged" or "error"
 TAG_RETRIES = "hyperlab.retries"           # how often the trial failed and was retried
+TAG_RESUMED_FROM = "hyperlab.resumed_from_step"  # the checkpoint step its latest process continued from
+TAG_NODE = "hyperlab.node"                 # the Ray node its latest process ran on (IP)
+TAG_PROCESS = "hyperlab.process"           # that process: IP:PID
+TAG_FRONT = "hyperlab.front"               # a complete trial: "1" on the Pareto front, else "0"
+TAG_KNEE = "hyperlab.knee"                 # "1" on the front's knee (two objectives), else "0"
+TAG_NOTE = "mlflow.note.content"           # the run's description in the MLflow UI
 TAG_N_PARAMS_SIZED = "hyperlab.n_params_sized"  # the parameter count sized before training
 TAG_SPACE_HASH = "hyperlab.space_hash"     # the same search space (any seed, any name)
 TAG_STORAGE = "hyperlab.storage"           # where Ray keeps the search's experiment and checkpoints
@@ -40,15 +49,14 @@ TAG_PARENT = "mlflow.parentRunId"
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
 
-COMPLETE, PARTIAL, FAILED = "complete", "partial", "failed"
-FIDELITIES = (COMPLETE, PARTIAL, FAILED)
-
 STATUS_OF_FIDELITY = {COMPLETE: "FINISHED", PARTIAL: "KILLED", FAILED: "FAILED"}
 
 SEARCH_SPACE_ARTIFACT = "search_space.yaml"
+MANIFEST_ARTIFACT = "search_manifest.json"  # where the search lives (hyperlab.search.home): what resume reads
 ERROR_ARTIFACT = "error.txt"
-FRONT_TABLE_ARTIFACT = "pareto/front.csv"
-FRONT_PARQUET_ARTIFACT = "pareto/front.parquet"
-TRADEOFF_PNG_ARTIFACT = "pareto/tradeoff.png"
-TRADEOFF_HTML_ARTIFACT = "pareto/tradeoff.html"
+REPORT_DIR = "pareto"                      # the parent run's analysis files (hyperlab.analysis.report)
+FRONT_TABLE_ARTIFACT = f"{REPORT_DIR}/{FRONT_CSV}"
+FRONT_PARQUET_ARTIFACT = f"{REPORT_DIR}/{FRONT_PARQUET}"
+TRADEOFF_PNG_ARTIFACT = f"{REPORT_DIR}/{TRADEOFF_PNG}"
+TRADEOFF_HTML_ARTIFACT = f"{REPORT_DIR}/{TRADEOFF_HTML}"
 HYPERVOLUME_METRIC = "search/hypervolume"

@@ -1,9 +1,9 @@
 """Read searches back from MLflow, in the layout of :mod:`hyperlab.tracking.layout`.
 
-Two readers return the same frames. For a ``sqlite:///`` store a direct read-only SQL query reads
-the runs, params, tags and latest metrics of one experiment in four statements (10,000 runs in well
-under a second); any other store, or a sqlite schema this code does not know, goes through
-``MlflowClient.search_runs`` with paging. Both return one row per run with MLflow's own column
+A ``sqlite:///`` store of a tested schema is read by a direct read-only SQL query
+(:mod:`hyperlab.tracking.mlflow_sql`: 10,000 runs in well under a second); any other store (a
+tracking server, a schema this code was not tested on) through ``MlflowClient.search_runs`` with
+paging. Both return one row per run with MLflow's own column
 convention: ``run_id``, ``status``, ``start_time``, ``end_time`` (UTC timestamps), ``params.<key>``
 (strings, as MLflow stores them), ``metrics.<name>`` (floats: the latest value of each metric)
 and ``tags.<key>`` (strings).
@@ -12,15 +12,12 @@ and ``tags.<key>`` (strings).
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from hyperlab.errors import UserError
-from hyperlab.tracking import layout
+from hyperlab.tracking import layout, mlflow_sql
 from hyperlab.tracking.store import sqlite_path
 
 PAGE_SIZE = 50_000  # the most MlflowClient.search_runs returns per page from a SQL store
@@ -83,6 +80,33 @@ def search_status(tracking_uri: str, name: str) -> str | None:
         return None
 
 
+def read_parent_text(name: str, tracking_uri: str, artifact: str) -> str:
+    """A text artifact of a search's parent run (its manifest, its search space); UserError without it."""
+    import tempfile
+
+    import mlflow
+
+    meta = read_search_meta(name, tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=meta.parent_run_id, artifact_path=artifact,
+                                                       dst_path=tmp, tracking_uri=tracking_uri)
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except Exception as err:  # noqa: BLE001 - MlflowException, OSError, UnicodeError: not readable
+            raise UserError(f"search {name!r} in {tracking_uri}: its parent run has no readable {artifact} "
+                            f"({type(err).__name__})") from None
+
+
+def read_manifest(name: str, tracking_uri: str) -> dict:
+    """Where search ``name`` lives, as its parent run recorded it (``layout.MANIFEST_ARTIFACT``)."""
+    text = read_parent_text(name, tracking_uri, layout.MANIFEST_ARTIFACT)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"search {name!r}: {layout.MANIFEST_ARTIFACT} is not a readable search manifest ({err})") from None
+
+
 def read_trials(name: str, tracking_uri: str) -> pd.DataFrame:
     """All trial runs of search ``name``, one row each (columns as in the module docstring)."""
     if name not in list_searches(tracking_uri):
@@ -91,9 +115,37 @@ def read_trials(name: str, tracking_uri: str) -> pd.DataFrame:
     return runs.drop(columns="experiment").reset_index(drop=True)
 
 
-def read_trials_with_client(name: str, tracking_uri: str) -> pd.DataFrame:
-    """Like :func:`read_trials`, always through ``MlflowClient.search_runs`` (the reference reader)."""
-    return _client_runs(tracking_uri, name, layout.ROLE_TRIAL).drop(columns="experiment")
+RUN_ID_LENGTH = 32
+
+
+def resolve_run_id(run: str, tracking_uri: str) -> str:
+    """A run's full id from its id or an unambiguous prefix of it (as ``hyperlab pareto`` prints them);
+    a prefix that matches no run, or several, is a UserError naming them."""
+    import re
+
+    import mlflow
+
+    run = run.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{1,32}", run):
+        raise UserError(f"{run!r} is not a run id: expected up to 32 hexadecimal characters (a prefix of one will do)")
+    if len(run) == RUN_ID_LENGTH:
+        return run
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in _all_experiments(client)]
+    matches, token = [], None
+    while experiments:
+        page = client.search_runs(experiments, filter_string=f"attributes.run_id LIKE '{run}%'",
+                                  max_results=PAGE_SIZE, page_token=token)
+        matches.extend(r.info.run_id for r in page)
+        token = page.token
+        if not token or len(matches) > 1:
+            break
+    if not matches:
+        raise UserError(f"no run whose id starts with {run!r} in {tracking_uri}")
+    if len(matches) > 1:
+        raise UserError(f"run id prefix {run!r} is ambiguous in {tracking_uri} ({', '.join(matches[:5])}...): "
+                        "give more of it")
+    return matches[0]
 
 
 def _unknown_search(name: str, tracking_uri: str) -> UserError:
@@ -111,52 +163,10 @@ def _runs_with_role(tracking_uri: str, experiment: str | None, role: str) -> pd.
     if db is not None:
         if not db.is_file():
             raise UserError(f"no MLflow store at {db} (from tracking URI {tracking_uri})")
-        try:
-            return _sqlite_runs(db, experiment, role)
-        except sqlite3.DatabaseError:
-            pass  # a schema this reader does not know: MLflow's own client still reads it
+        frame = mlflow_sql.runs_with_tag(db, experiment, layout.TAG_ROLE, role)
+        if frame is not None:
+            return frame
     return _client_runs(tracking_uri, experiment, role)
-
-
-_RUNS_SQL = """
-SELECT r.run_uuid AS run_id, e.name AS experiment, r.status, r.start_time, r.end_time
-FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id
-JOIN tags t ON t.run_uuid = r.run_uuid AND t."key" = ? AND t.value = ?
-WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' {and_experiment}
-"""
-_CHILD_SQL = {  # (table, value expression) for the per-run key/value tables
-    "params": ("params", "value"),
-    "tags": ("tags", "value"),
-    "metrics": ("latest_metrics", "CASE WHEN is_nan THEN NULL ELSE value END"),
-}
-
-
-def _sqlite_runs(db: Path, experiment: str | None, role: str) -> pd.DataFrame:
-    # read-only; waits up to 30 s for a writer's lock (a search logging trials meanwhile)
-    with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
-        conn.execute("BEGIN")  # one snapshot for all the queries below, whatever a writer does meanwhile
-        conn.execute("CREATE TEMP TABLE selected (run_uuid TEXT PRIMARY KEY)")
-        sql = _RUNS_SQL.format(and_experiment="AND e.name = ?" if experiment is not None else "")
-        args = [layout.TAG_ROLE, role] + ([experiment] if experiment is not None else [])
-        runs = pd.read_sql_query(sql, conn, params=args)
-        conn.executemany("INSERT INTO selected VALUES (?)", ((r,) for r in runs["run_id"]))
-        wide = [runs.set_index("run_id")]
-        for prefix, (table, value) in _CHILD_SQL.items():
-            long = pd.read_sql_query(
-                f'SELECT c.run_uuid AS run_id, c."key" AS key, {value} AS value '
-                f"FROM {table} c JOIN selected s ON s.run_uuid = c.run_uuid", conn)
-            wide.append(_pivot(long, prefix, float if prefix == "metrics" else object))
-    frame = pd.concat(wide, axis=1).rename_axis("run_id").reset_index()
-    for col in ("start_time", "end_time"):
-        frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
-    return frame
-
-
-def _pivot(long: pd.DataFrame, prefix: str, dtype) -> pd.DataFrame:
-    # (n_values, 3) long rows -> (n_runs, n_keys) wide; keys become "<prefix>.<key>"
-    wide = long.pivot(index="run_id", columns="key", values="value").astype(dtype)
-    wide.columns = [f"{prefix}.{key}" for key in wide.columns]
-    return wide
 
 
 def _client_runs(tracking_uri: str, experiment: str | None, role: str) -> pd.DataFrame:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 MAX_PARAMS_PER_BATCH = 100   # MLflow's limit on params in one log_batch call
 MAX_METRICS_PER_BATCH = 1000
@@ -39,11 +40,16 @@ def start_run(mlflow_client, experiment: str, run_name: str | None = None,
     return run.info.run_id
 
 
+def param_values(flat: Mapping[str, Any]) -> dict[str, str]:
+    """A flat dict's values as MLflow params take them (strings, at most ``MAX_PARAM_LENGTH`` long)."""
+    return {key: str(value)[:MAX_PARAM_LENGTH] for key, value in flat.items()}
+
+
 def log_params(mlflow_client, run_id: str, flat: Mapping[str, Any]) -> None:
     """Log a flat dict (dotted keys, e.g. ``TrainConfig.flat()``) as params, in batches."""
     from mlflow.entities import Param
 
-    params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flat.items()]
+    params = [Param(key, value) for key, value in param_values(flat).items()]
     for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
         mlflow_client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
 
@@ -60,12 +66,48 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
     """Log the finite numeric entries of one report at ``step`` (see ``numeric_metrics``: bools,
     strings, NaN and infinities are dropped), in as few calls as MLflow allows."""
+    log_metric_entries(mlflow_client, run_id, metric_entries(metrics, step))
+
+
+def metric_entries(metrics: Mapping[str, Any], step: int) -> list:
+    """MLflow ``Metric`` entries of one report's finite numbers at ``step``."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    entries = [Metric(key, value, now, step) for key, value in numeric_metrics(metrics).items()]
+    return [Metric(key, value, now, step) for key, value in numeric_metrics(metrics).items()]
+
+
+def log_metric_entries(mlflow_client, run_id: str, entries: list) -> None:
     for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=entries[start:start + MAX_METRICS_PER_BATCH])
+
+
+REPORT_METRICS = ("model/n_params", "model/compression_ratio")
+"""Of a parameter report (``model/...`` entries), what a run keeps as metrics (the objectives and the
+runs table's columns); the rest become tags. Both are logged once, not at every evaluation."""
+
+
+def split_parameter_report(metrics: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    """One report's entries as (learning curves, parameter-report metrics, parameter-report tags)."""
+    curves, report, tags = {}, {}, {}
+    for key, value in metrics.items():
+        if not key.startswith("model/"):
+            curves[key] = value
+        elif key in REPORT_METRICS:
+            report[key] = value
+        else:
+            tags[key] = str(value)
+    return curves, report, tags
+
+
+def evaluation_entries(metrics: Mapping[str, Any], step: int, first: bool) -> tuple[list, dict[str, str]]:
+    """One evaluation's MLflow metric entries and tags: the learning curves at ``step``, and with a run's
+    ``first`` evaluation its parameter report (metrics at step 0, the rest as tags)."""
+    curves, report_metrics, report_tags = split_parameter_report(metrics)
+    entries = metric_entries(curves, step)
+    if not first:
+        return entries, {}
+    return metric_entries(report_metrics, 0) + entries, report_tags
 
 
 def log_parameter_report(mlflow_client, run_id: str, report: Mapping[str, Any]) -> None:
@@ -87,8 +129,10 @@ def log_checkpoint(mlflow_client, run_id: str, checkpoint_dir: str | Path) -> No
 
 def set_tags(mlflow_client, run_id: str, tags: Mapping[str, str]) -> None:
     """Set (or overwrite) tags on a run."""
-    for key, value in tags.items():
-        mlflow_client.set_tag(run_id, key, str(value))
+    from mlflow.entities import RunTag
+
+    if tags:
+        mlflow_client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def finish_run(mlflow_client, run_id: str, status: str = "FINISHED") -> None:

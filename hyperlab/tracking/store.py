@@ -9,6 +9,10 @@ RUNS_DIR = Path("hyperlab-runs")
 """Embedded default home of everything a search writes: MLflow's sqlite store and Ray's results."""
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+"""MLflow 3's UI opens an experiment of this kind on its runs (model training), not on GenAI traces."""
+
+
 def default_tracking_uri() -> str:
     return f"sqlite:///{(RUNS_DIR / 'mlflow.db').resolve()}"
 
@@ -43,11 +47,14 @@ def get_or_create_experiment(client, name: str, tags: dict[str, str] | None = No
 
     experiment = client.get_experiment_by_name(name)
     if experiment:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag was set
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     db = sqlite_path(client.tracking_uri)
     location = (db.parent / "artifacts" / name).resolve().as_uri() if db is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location, tags=tags)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={**(tags or {}), EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:  # another process created it between the look-up and here
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -1,19 +1,50 @@
 """The one writer of a search's MLflow runs (see ``layout.py``): a parent run per search and a child
-run per trial. It runs in the driver only, so a sqlite store works locally and a tracking server works
-on a cluster. The trial-to-run map lives in MLflow itself (the ``hyperlab.ray_trial_id`` tag), so a
-resumed search finds its runs again instead of duplicating them."""
+run per trial. It runs in the driver only (through an ``Outbox``, off the driver's loop), so a sqlite
+store works locally and a tracking server works on a cluster. A trial's run is found by its Optuna
+trial number (the ``hyperlab.optuna_trial`` tag), so a resumed search, and a trial adopted under a new
+Ray id after a crash, reopen their runs instead of duplicating them."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import RunTag
+from mlflow.entities import Param, RunTag
 
 from hyperlab.tracking import layout, runs
 from hyperlab.tracking.store import get_or_create_experiment
+
+STEP_METRIC = "train/loss"  # in every evaluation's report: the steps a run has logged
+SHORT_NAMES = {"hidden_size": "h", "hyper_size": "hy", "hyper_embedding_size": "he", "n_z": "z", "lr": "lr",
+               "weight_decay": "wd", "embedding_size": "e", "dropout": "p", "batch_size": "b", "seq_len": "T",
+               "depth": "d", "widen_factor": "k", "clip": "clip", "seed": "s"}
+"""How a varied key's last part reads in a trial's run name (others: the initials of its words)."""
+
+
+def trial_run_name(number: int, params: dict[str, Any]) -> str:
+    """A trial's run name: its Optuna number and its varied values, e.g. ``t07 h68 hy14 z6``."""
+    parts = [f"t{number:02d}"]
+    for key, value in params.items():
+        last = key.rpartition(".")[2]
+        short = SHORT_NAMES.get(last) or "".join(word[:1] for word in last.split("_") if word) or last
+        if isinstance(value, bool):
+            text = str(int(value))
+        elif isinstance(value, float):
+            text = f"{value:.3g}"
+        else:
+            text = str(value)
+        parts.append(f"{short}{text}")
+    return " ".join(parts)[:250]
+
+
+@dataclass
+class _Pending:
+    metrics: list = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
 
 
 class SearchWriter:
@@ -25,17 +56,23 @@ class SearchWriter:
         self.objectives = objectives
         self.experiment_id = get_or_create_experiment(self.client, name, tags={layout.TAG_SEARCH: name})
         self.parent_id: str | None = None
-        self._runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self._runs: dict[int, str] = {}  # Optuna trial number -> MLflow run id
+        self._logged: dict[int, set[int]] = {}  # Optuna trial number -> steps logged (a resumed trial reports them again)
+        self._pending: dict[str, _Pending] = {}  # run id -> metrics and tags not sent yet
+        self._open: set[int] = set()  # trials whose runs a stopped driver left without their end
 
     # ---- the search -------------------------------------------------------------------------------
     def start(self, tags: dict[str, str], params: dict[str, Any], artifacts: dict[str, str]) -> str:
         """Create the parent run, or reopen it when the search is resumed. ``params``: the search's
-        fixed settings; ``artifacts``: file name -> text."""
+        fixed settings; ``artifacts``: file name -> text (the manifest, the search space)."""
         existing = self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_SEARCH}'")
         if existing:
             self.parent_id = existing[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
-            self._runs = {r.data.tags[layout.TAG_TRIAL_ID]: r.info.run_id for r in self.trial_runs()}
+            trials = [r for r in self.trial_runs() if r.data.tags.get(layout.TAG_OPTUNA_TRIAL, "").isdigit()]
+            self._runs = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r.info.run_id for r in trials}
+            self._open = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]) for r in trials if r.info.status == "RUNNING" or (
+                r.info.status == "KILLED" and r.data.tags.get(layout.TAG_OUTCOME) == "interrupted")}
             return self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=self.name, tags={
             **tags, layout.TAG_SEARCH: self.name, layout.TAG_ROLE: layout.ROLE_SEARCH,
@@ -47,63 +84,105 @@ class SearchWriter:
         return self.parent_id
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(self.parent_id, status=status)
-
-    def finish_interrupted(self) -> None:
-        """The driver stopped with an error or an interrupt: the parent and its open trial runs are
-        marked KILLED (``hyperlab resume`` reopens them)."""
-        parents = self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_SEARCH}'")
-        if not parents:
-            return
-        self.parent_id = parents[0].info.run_id
-        self.close_orphans(known_trial_ids=set())
-        self.finish("KILLED")
 
     def trial_runs(self) -> list:
         return self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_TRIAL}'")
 
     def _find(self, filter_string: str) -> list:
-        runs, token = [], None
+        found, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000,
-                                           page_token=token)
-            runs.extend(page)
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token)
+            found.extend(page)
             token = page.token
             if not token:
-                return runs
+                return found
 
     # ---- trials -----------------------------------------------------------------------------------
-    def start_trial(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    def start_trial(self, number: int, ray_trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         """The trial's run: created once, reopened (status RUNNING) when the trial resumes."""
-        if trial_id in self._runs:
-            run_id = self._runs[trial_id]
+        if number in self._runs:
+            run_id = self._runs[number]
+            self.flush()
+            self.client.log_batch(run_id, tags=[RunTag(layout.TAG_TRIAL_ID, ray_trial_id)])
             self.client.update_run(run_id, status="RUNNING")
+            self._logged[number] = {m.step for m in self.client.get_metric_history(run_id, STEP_METRIC)}
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.name}/{trial_id}", tags={
+        run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number, params), tags={
             **tags, layout.TAG_PARENT: self.parent_id, layout.TAG_SEARCH: self.name,
-            layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_TRIAL_ID: trial_id})
-        runs.log_params(self.client, run.info.run_id, params)
-        self._runs[trial_id] = run.info.run_id
+            layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_TRIAL_ID: ray_trial_id,
+            layout.TAG_OPTUNA_TRIAL: str(number)})
+        self._runs[number] = run.info.run_id
+        self._logged[number] = set()
+        self._buffer(run.info.run_id).params.update(runs.param_values(params))  # sent with its first metrics
         return run.info.run_id
 
-    def log_metrics(self, trial_id: str, metrics: dict[str, Any], step: int) -> None:
-        runs.log_metrics(self.client, self._runs[trial_id], metrics, step)
+    def run_id(self, number: int) -> str | None:
+        return self._runs.get(number)
 
-    def set_tags(self, trial_id: str, tags: dict[str, str]) -> None:
-        self.client.log_batch(self._runs[trial_id], tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def is_open(self, number: int) -> bool:
+        """Whether the trial's run is waiting for its end: left RUNNING (or closed as interrupted) by a
+        driver that stopped, and not ended since."""
+        return number in self._open
 
-    def end_trial(self, trial_id: str, fidelity: str, outcome: str, error: str | None = None) -> None:
-        run_id = self._runs[trial_id]
-        self.set_tags(trial_id, {layout.TAG_FIDELITY: fidelity, layout.TAG_OUTCOME: outcome})
+    def log_metrics(self, number: int, metrics: dict[str, Any], step: int) -> None:
+        """Buffer one evaluation (``flush`` sends it); a step logged before (a resumed trial's report of it)
+        is not logged twice. The parameter report (``model/...``) goes once, with the first evaluation
+        (see ``runs.split_parameter_report``)."""
+        logged = self._logged.setdefault(number, set())
+        if step in logged:
+            return
+        entries, tags = runs.evaluation_entries(metrics, step, first=not logged)
+        pending = self._buffer(self._runs[number])
+        pending.metrics.extend(entries)
+        pending.tags.update(tags)
+        logged.add(step)
+
+    def set_tags(self, number: int, tags: dict[str, str]) -> None:
+        """Buffer tags of a trial's run (``flush`` sends them with its metrics)."""
+        self._buffer(self._runs[number]).tags.update({k: str(v) for k, v in tags.items()})
+
+    def _buffer(self, run_id: str) -> _Pending:
+        return self._pending.setdefault(run_id, _Pending())
+
+    def flush(self) -> None:
+        """Send what is buffered, one batch per run (calls that change a run's state flush first, so
+        that the record keeps the order of events)."""
+        while self._pending:
+            run_id, pending = next(iter(self._pending.items()))
+            tags = [RunTag(k, v) for k, v in pending.tags.items()]
+            params = [Param(k, v) for k, v in pending.params.items()]
+            for start in range(0, max(len(pending.metrics), len(params), 1), runs.MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=pending.metrics[start:start + runs.MAX_PARAMS_PER_BATCH],
+                                      params=params[start:start + runs.MAX_PARAMS_PER_BATCH],
+                                      tags=tags if start == 0 else [])
+            del self._pending[run_id]
+
+    def log_model(self, number: int, checkpoint: Path) -> None:
+        """A trial's final model as its run's artifacts: ``checkpoint/model.pt`` (weights only) and
+        ``checkpoint/config.yaml``, and the resolved training config as ``config.yaml``."""
+        run_id = self._runs[number]
+        for name in ("model.pt", "config.yaml"):  # the checkpoint's model and config, not its trainer state
+            self.client.log_artifact(run_id, str(checkpoint / name), runs.CHECKPOINT_ARTIFACT_DIR)
+        self.client.log_artifact(run_id, str(checkpoint / "config.yaml"))
+
+    def end_trial(self, number: int, fidelity: str, outcome: str, error: str | None = None) -> None:
+        run_id = self._runs[number]
+        self._open.discard(number)
+        self.set_tags(number, {layout.TAG_FIDELITY: fidelity, layout.TAG_OUTCOME: outcome})
+        self.flush()
         if error:
             self.client.log_text(run_id, error, layout.ERROR_ARTIFACT)
         self.client.set_terminated(run_id, status=layout.STATUS_OF_FIDELITY[fidelity])
 
-    def close_orphans(self, known_trial_ids: set[str]) -> int:
-        """Runs left RUNNING by a driver that died before Tune recorded their trial: mark KILLED."""
+    def close_open_trials(self) -> int:
+        """Runs still RUNNING (the search was interrupted): KILLED, partial, outcome "interrupted";
+        ``hyperlab resume`` reopens them."""
+        self.flush()
         closed = 0
         for run in self.trial_runs():
-            if run.info.status == "RUNNING" and run.data.tags.get(layout.TAG_TRIAL_ID) not in known_trial_ids:
+            if run.info.status == "RUNNING":
                 self.client.log_batch(run.info.run_id, tags=[
                     RunTag(layout.TAG_FIDELITY, layout.PARTIAL), RunTag(layout.TAG_OUTCOME, "interrupted")])
                 self.client.set_terminated(run.info.run_id, status="KILLED")
@@ -118,7 +197,7 @@ class SearchWriter:
         self.client.set_tag(self.parent_id, key, value)
 
     def log_search_metric(self, key: str, value: float, step: int) -> None:
-        runs.log_metrics(self.client, self.parent_id, {key: value}, step)
+        self._buffer(self.parent_id).metrics.extend(runs.metric_entries({key: value}, step))
 
-    def log_search_artifacts(self, directory: Path, artifact_path: str) -> None:
+    def log_search_artifacts(self, directory, artifact_path: str) -> None:
         self.client.log_artifacts(self.parent_id, str(directory), artifact_path)
