@@ -1,0 +1,132 @@
+"""What hyperlab's driver costs a search: the same null trainable (reports 10 results, trains nothing)
+through hyperlab's search (its Optuna study in sqlite, MLflow record in sqlite, lease, reports) and
+through bare Ray Tune with its OptunaSearch, side by side in one run, on one local Ray, with the same Tune
+settings: once as Tune runs by default (a new worker process per trial) and once reusing workers (as
+hyperlab does; Tune's own per-trial cost then nearly vanishes, and what is left is the record's).
+
+    python benchmarks/search_overhead.py [--trials 200] [--concurrency 4] [--repeats 1] [--reuse both|yes|no]
+    python benchmarks/search_overhead.py --trials 50,200 --reuse yes    # does the cost per trial stay flat?
+
+Prints the wall times, their ratios (target: at most 1.05) and hyperlab's extra driver time per result and
+per trial, for each number of trials asked for (the extra time per trial should not grow with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_PER_TRIAL = 10
+
+
+def null_trainable(config: dict) -> None:
+    """Ten results of a finished trial, in hyperlab's form (the last one complete), no training."""
+    from ray import tune
+
+    from hyperlab.search.searcher import COMPLETE_KEY, N_PARAMS_KEY
+
+    for step in range(1, RESULTS_PER_TRIAL + 1):
+        metrics = {"step": step * 10, "evaluation": step, "train/loss": 1.0 / step, "val/bpc": 2.0 + 1.0 / step,
+                   "model/n_params": float(config.get(N_PARAMS_KEY, 0)), "time/elapsed": 0.0}
+        if step == RESULTS_PER_TRIAL:
+            metrics[COMPLETE_KEY] = 1
+        tune.report(metrics)
+
+
+def space_file(folder: Path, trials: int, concurrency: int) -> Path:
+    import yaml
+
+    data = yaml.safe_load((REPO / "tests" / "data" / "tiny_search.yaml").read_text())
+    data.update(trials=trials, concurrency=concurrency, budget=None)
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_hyperlab(folder: Path, trials: int, concurrency: int, reuse: bool) -> float:
+    from hyperlab.search import runner
+
+    runner.REUSE_ACTORS = reuse
+    from hyperlab.search.home import resolve
+    from hyperlab.search.space import load_search_space
+
+    path = space_file(folder, trials, concurrency)
+    space, base = load_search_space(path)
+    home = resolve(f"overhead-{time.time_ns()}", f"sqlite:///{folder / 'mlflow.db'}", str(folder / "ray"), None,
+                   None, None, False, None)
+    from hyperlab.tracking.store import init_store
+
+    init_store(home.tracking_uri)  # the store's schema, built once per store, is not the search's cost
+    start = time.perf_counter()
+    outcome = runner.run_search(home, space, base, path.read_text(), progress=False, trainable=null_trainable)
+    elapsed = time.perf_counter() - start
+    assert outcome.complete
+    return elapsed
+
+
+def run_bare(folder: Path, trials: int, concurrency: int, reuse: bool) -> float:
+    import optuna
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.search.optuna import OptunaSearch
+
+    from hyperlab.search.space import load_search_space
+
+    space, _ = load_search_space(space_file(folder, trials, concurrency))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(space=space.distributions(), metric=list(space.objectives),
+                            mode=list(space.objectives.values()), sampler=optuna.samplers.RandomSampler(seed=1))
+    tuner = tune.Tuner(null_trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials,
+                                                                   max_concurrent_trials=concurrency,
+                                                                   reuse_actors=reuse),
+                       run_config=tune.RunConfig(name=f"bare-{time.time_ns()}", storage_path=str(folder / "bare"),
+                                                 verbose=0, callbacks=[JsonLoggerCallback()]))  # as hyperlab
+    start = time.perf_counter()
+    tuner.fit()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", default="200", help="trials per search; several, comma-separated")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the two this many times")
+    parser.add_argument("--reuse", choices=("both", "yes", "no"), default="both",
+                        help="with Tune's default (a new worker per trial), reusing workers, or both")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from hyperlab.search import cluster
+
+    cluster.connect(None, args.concurrency)  # one local Ray for both, as a search starts it
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="hyperlab-overhead-") as tmp:
+        for name, run in (("bare", run_bare), ("hyperlab", run_hyperlab)):  # untimed: imports, first workers
+            (Path(tmp) / f"warm-{name}").mkdir()
+            run(Path(tmp) / f"warm-{name}", args.concurrency, args.concurrency, True)
+        for trials in [int(n) for n in args.trials.split(",")]:
+            for reuse in {"both": (False, True), "yes": (True,), "no": (False,)}[args.reuse]:
+                times = {"hyperlab": [], "bare": []}
+                for repeat in range(args.repeats):
+                    for name, run in (("bare", run_bare), ("hyperlab", run_hyperlab)):
+                        folder = Path(tmp) / f"{name}-{trials}-{reuse}-{repeat}"
+                        folder.mkdir()
+                        times[name].append(run(folder, trials, args.concurrency, reuse))
+                        print(f"{name:9s} {trials} trials, reuse_actors={reuse}: {times[name][-1]:7.1f} s", file=sys.stderr)
+                bare, ours = statistics.median(times["bare"]), statistics.median(times["hyperlab"])
+                lines.append(f"{trials:4d} trials, reuse_actors={reuse!s:5s}: bare Ray Tune + OptunaSearch {bare:6.1f} s, "
+                             f"hyperlab {ours:6.1f} s, ratio {ours / bare:.3f}; hyperlab's extra driver time "
+                             f"{(ours - bare) / (trials * RESULTS_PER_TRIAL) * 1e3:.2f} ms per result, "
+                             f"{(ours - bare) / trials * 1e3:.0f} ms per trial")
+    print(f"null trials x {RESULTS_PER_TRIAL} results, concurrency {args.concurrency}, median of {args.repeats}:")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
