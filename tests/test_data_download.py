@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperlab.data import RemoteFile, ensure_file, resolve_data_dir
-from hyperlab.data import sources
+from hyperlab.data import RemoteFile, ensure_file, resolve_data_dir, sources
 from hyperlab.data.download import sha256_of
 from hyperlab.errors import UserError
 
@@ -18,14 +17,14 @@ UNREACHABLE = "http://127.0.0.1:9/x"  # discard port: refused at once, no networ
 
 
 def test_a_missing_file_names_itself_its_folder_and_its_url(tmp_path):
-    folder = tmp_path / "ptb"
+    folder = tmp_path / "data" / "ptb"
     remote = RemoteFile("ptb.char.train.txt", (UNREACHABLE,), "0" * 64)
     with pytest.raises(UserError) as err:
         ensure_file(remote, folder)
     message = str(err.value)
     assert "ptb.char.train.txt is missing from " + str(folder) in message
     assert UNREACHABLE in message and str(folder / "ptb.char.train.txt") in message
-    assert list(folder.iterdir()) == []  # no partial file left behind
+    assert list(tmp_path.iterdir()) == []  # no partial file and no folder it made left behind
 
 
 def test_a_checksum_mismatch_is_rejected_and_leaves_nothing(tmp_path):
@@ -37,7 +36,7 @@ def test_a_checksum_mismatch_is_rejected_and_leaves_nothing(tmp_path):
     with pytest.raises(UserError, match="sha256 mismatch for blob.bin") as err:
         ensure_file(remote, folder)
     assert "discarded" in str(err.value)
-    assert list(folder.iterdir()) == []
+    assert not folder.exists()
 
 
 def test_a_verified_download_is_kept_and_then_used_without_the_network(tmp_path):
@@ -49,6 +48,18 @@ def test_a_verified_download_is_kept_and_then_used_without_the_network(tmp_path)
     assert path.read_bytes() == payload and sorted(os.listdir(path.parent)) == ["blob.bin"]
     offline = RemoteFile("blob.bin", (UNREACHABLE,), remote.sha256)
     assert ensure_file(offline, tmp_path / "data") == path
+
+
+def test_a_present_file_is_verified_before_it_is_used(tmp_path):
+    """A file already in the data folder that does not match its sha256 (tampered with, truncated) is
+    refused and left as it is; the error says how to get the real one."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "blob.bin").write_bytes(b"tampered bytes")
+    remote = RemoteFile("blob.bin", (UNREACHABLE,), hashlib.sha256(b"original bytes").hexdigest())
+    with pytest.raises(UserError, match=r"blob\.bin does not match the published sha256.*not read.*Remove it"):
+        ensure_file(remote, folder)
+    assert (folder / "blob.bin").read_bytes() == b"tampered bytes"
 
 
 def test_a_read_only_data_dir_is_reported_and_left_untouched(tmp_path):

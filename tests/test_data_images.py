@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
 import zipfile
@@ -18,6 +19,8 @@ from hyperlab.data import images as images_module
 from hyperlab.data.image_batches import channel_stats, crop_and_flip
 from hyperlab.data.images import read_idx
 from hyperlab.errors import UserError
+
+from conftest import pin_stand_in
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -60,6 +63,7 @@ def _cifar_stand_in(folder) -> dict[str, np.ndarray]:
 
 def test_cifar10_batches_become_hwc_images_split_off_the_tail(tmp_path, monkeypatch):
     rows = _cifar_stand_in(tmp_path / "data" / "cifar10")
+    pin_stand_in(monkeypatch, "cifar10", tmp_path / "data" / "cifar10" / "cifar-10-python.tar.gz")
     monkeypatch.setitem(images_module.VALID_SIZE, "cifar10", 4)
     ds = load_images("cifar10", tmp_path / "data")
     assert [len(s[0]) for s in (ds.train, ds.valid, ds.test)] == [16, 4, 4]
@@ -67,6 +71,40 @@ def test_cifar10_batches_become_hwc_images_split_off_the_tail(tmp_path, monkeypa
     assert ds.train[0][5, 7, 9, 2] == rows["data_batch_2"][1, 2 * 1024 + 7 * 32 + 9]
     assert ds.valid[0][0, 31, 0, 1] == rows["data_batch_5"][0, 1024 + 31 * 32]
     assert ds.test[1].tolist() == [0, 1, 2, 3] and ds.num_classes == 10
+
+
+class _RunsCode:
+    """Pickled, it calls os.system: what a tampered archive would hold instead of arrays."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_archive_holding_code_is_refused_not_run(tmp_path, monkeypatch):
+    """Even an archive that passes its sha256 (pinned here to the tampered one) is unpickled to arrays only."""
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            blob = pickle.dumps({b"data": _RunsCode(marker), b"labels": [0]})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    pin_stand_in(monkeypatch, "cifar10", folder / "cifar-10-python.tar.gz")
+    with pytest.raises(UserError, match=r"not a CIFAR-10 python archive \(refusing to unpickle posix\.system"):
+        load_images("cifar10", tmp_path / "data")
+    assert not marker.exists()
+
+
+def test_a_tampered_cifar_archive_fails_its_checksum_before_it_is_read(tmp_path):
+    _cifar_stand_in(tmp_path / "data" / "cifar10")  # not the official archive: its sha256 differs
+    with pytest.raises(UserError, match="does not match the published sha256 of cifar-10-python.tar.gz"):
+        load_images("cifar10", tmp_path / "data")
+    assert not (tmp_path / "data" / "cifar10" / "derived").exists()
 
 
 def test_shared_cifar10_folder_reads_pngs_with_csv_labels_and_a_zip_of_class_folders(shared_data):

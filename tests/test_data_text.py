@@ -14,6 +14,8 @@ from hyperlab.data import StreamBatches, load_corpus
 from hyperlab.data.text import split_by_fraction
 from hyperlab.errors import UserError
 
+from conftest import pin_stand_in
+
 pytestmark = pytest.mark.usefixtures("private_cache")
 
 
@@ -106,6 +108,21 @@ def test_corpus_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path):
     assert load_corpus(path).vocab == ["x", "y", "z"]
 
 
+def test_two_files_of_equal_name_size_and_time_get_their_own_arrays(tmp_path):
+    """The cache is keyed on the resolved path and the content: neither a second corpus.txt with the same
+    size and modification time nor the same file rewritten in place reads the other's tokens."""
+    one, two = tmp_path / "a" / "corpus.txt", tmp_path / "b" / "corpus.txt"
+    for path, text in ((one, "abcd" * 100), (two, "wxyz" * 100)):
+        path.parent.mkdir()
+        path.write_text(text)
+        os.utime(path, ns=(10**18, 10**18))
+    assert load_corpus(one).vocab == ["a", "b", "c", "d"]
+    assert load_corpus(two).vocab == ["w", "x", "y", "z"]
+    one.write_text("efgh" * 100)  # same size, then the old time stamp back
+    os.utime(one, ns=(10**18, 10**18))
+    assert load_corpus(one).vocab == ["e", "f", "g", "h"]
+
+
 def test_bad_names_and_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown corpus 'ptbb'"):
         load_corpus("ptbb")
@@ -126,11 +143,12 @@ def _zipped(folder: Path, member: str, payload: bytes) -> None:
         archive.writestr(member, payload)
 
 
-def test_enwik8_stand_in_is_split_90_5_5_by_bytes(tmp_path):
+def test_enwik8_stand_in_is_split_90_5_5_by_bytes(tmp_path, monkeypatch):
     # a generated 4,000-byte stand-in with multi-byte UTF-8, not the real enwik8
     words = ["<page>", "Zürich", "naïve", "[[link]]", "東京", "&amp;", "\n"]
     payload = " ".join(words[k] for k in np.random.default_rng(0).integers(0, 7, 2000)).encode()[:4000]
     _zipped(tmp_path / "data" / "enwik8", "enwik8", payload)
+    pin_stand_in(monkeypatch, "enwik8", tmp_path / "data" / "enwik8" / "enwik8.zip")
     corpus = load_corpus("enwik8", tmp_path / "data")
     assert corpus.kind == "bytes"
     assert len(list((tmp_path / "data" / "enwik8" / "derived").iterdir())) == 1  # writable: cached beside
@@ -139,11 +157,12 @@ def test_enwik8_stand_in_is_split_90_5_5_by_bytes(tmp_path):
     assert corpus.decode(corpus.split("train")) == payload[:3600].decode("utf-8", errors="replace")
 
 
-def test_text8_stand_in_is_split_90_5_5_by_characters(tmp_path):
+def test_text8_stand_in_is_split_90_5_5_by_characters(tmp_path, monkeypatch):
     # a generated 2,000-character stand-in over text8's alphabet (a-z and space)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz "))
     payload = "".join(letters[np.random.default_rng(0).integers(0, 27, 2000)]).encode()
     _zipped(tmp_path / "data" / "text8", "text8", payload)
+    pin_stand_in(monkeypatch, "text8", tmp_path / "data" / "text8" / "text8.zip")
     corpus = load_corpus("text8", tmp_path / "data")
     assert [len(corpus.split(s)) for s in ("train", "valid", "test")] == [1800, 100, 100]
     assert corpus.vocab == sorted(set(payload[:1800].decode()))

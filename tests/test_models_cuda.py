@@ -5,58 +5,40 @@ import torch
 
 from hyperlab.models import CharRNN, HyperLSTM, MnistConvNet, WideResNet, parameter_report
 
+from conftest import assert_same_results, perturb, run_implementations
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def _perturb(model: torch.nn.Module, seed: int = 3) -> None:
-    """Move every parameter off its initial value, so that no term of the recurrence is trivially zero."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device))
-
-
-def _run(model, x, state, fused: bool, seed: int = 8):
-    for layer in model.layers:
-        layer.fused = fused
-    torch.manual_seed(seed)
-    out, final = model(x, state)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype).to(out.device)
-    loss = (out * weights).sum() + sum((k + 2) * s.sum() for k, s in enumerate(final))
-    grads = torch.autograd.grad(loss, [x, *state, *model.parameters()])
-    return out, final, grads
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_equals_eager_on_cuda(dtype):
     """The fused sequence (torch ops on the GPU) against autograd through the eager loop, dropout on."""
-    torch.manual_seed(7)
-    model = HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2, dropout=0.3).to("cuda", dtype)
-    _perturb(model)
+    def build(impl):
+        torch.manual_seed(7)
+        return perturb(HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2, dropout=0.3, impl=impl)
+                       .to("cuda", dtype), scale=0.1, seed=3)
+
     x = torch.randn(7, 43, 5, dtype=dtype, device="cuda", requires_grad=True)
     state = tuple(torch.randn(2, 43, n, dtype=dtype, device="cuda", requires_grad=True) for n in (8, 8, 6, 6))
-    fused, eager = _run(model, x, state, True), _run(model, x, state, False)
+    results = run_implementations(build, x, state)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fused[0], eager[0], **tol)
-    for a, b in zip((*fused[1], *fused[2]), (*eager[1], *eager[2])):
-        torch.testing.assert_close(a, b, **tol)
+    assert_same_results(results["fused"], results["eager"], **tol)
 
 
 def test_cuda_equals_cpu_in_float64():
     """One model, its copy on the GPU: outputs, states and gradients agree (no dropout: the RNGs differ)."""
     torch.manual_seed(7)
-    cpu = HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2).double()
-    _perturb(cpu)
+    cpu = perturb(HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2).double(), scale=0.1, seed=3)
     gpu = HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2).double().cuda()
     gpu.load_state_dict(cpu.state_dict())
     x = torch.randn(9, 11, 5, dtype=torch.float64, requires_grad=True)
     state = tuple(torch.randn(2, 11, n, dtype=torch.float64, requires_grad=True) for n in (8, 8, 6, 6))
     x_gpu = x.detach().cuda().requires_grad_()
     state_gpu = tuple(s.detach().cuda().requires_grad_() for s in state)
-    on_cpu, on_gpu = _run(cpu, x, state, True), _run(gpu, x_gpu, state_gpu, True)
-    torch.testing.assert_close(on_gpu[0].cpu(), on_cpu[0], rtol=1e-10, atol=1e-10)
-    for a, b in zip((*on_gpu[1], *on_gpu[2]), (*on_cpu[1], *on_cpu[2])):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-10)
+    on_cpu = run_implementations(lambda impl: cpu, x, state, impls=("fused",))["fused"]
+    on_gpu = run_implementations(lambda impl: gpu, x_gpu, state_gpu, impls=("fused",))["fused"]
+    assert_same_results(tuple(t.cpu() for t in (on_gpu[0], *on_gpu[1], *on_gpu[2])),
+                        (on_cpu[0], *on_cpu[1], *on_cpu[2]), rtol=1e-10, atol=1e-10)
 
 
 def _train(model, batch, steps: int = 12) -> list[float]:

@@ -1,12 +1,14 @@
-"""HyperLSTM: closed-form counts, equivalence to LSTM / LN-LSTM at initialisation, state carry, gradients."""
+"""HyperLSTM: closed-form counts, equivalence to LSTM / LN-LSTM at initialisation, state carry, gradients,
+and its implementations (eager loop, fused sequence with PyTorch or C++ cell loops) against each other."""
+
+import shutil
 
 import pytest
 import torch
 
-import shutil
+from hyperlab.models import LSTM, HyperLSTM, LayerNormLSTM, _ext, hyperlstm_fused, paper_torch_lstm
 
-from hyperlab.models import HyperLSTM, LayerNormLSTM, LSTM, _ext, hyperlstm_fused, paper_torch_lstm
-
+from conftest import assert_same_results, needs_cpp_loops, perturb, run_implementations
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only synchronise
 
@@ -94,7 +96,7 @@ def test_initial_ln_hyperlstm_is_ln_lstm():
 def test_chunked_sequence_equals_one_call(layer_norm):
     torch.manual_seed(2)
     model = HyperLSTM(4, 6, hyper_size=5, n_z=3, num_layers=2, layer_norm=layer_norm)
-    _perturb(model)
+    perturb(model)
     x = torch.randn(12, 3, 4)
     full, full_state = model(x)
     first, state = model(x[:5])
@@ -104,13 +106,6 @@ def test_chunked_sequence_equals_one_call(layer_norm):
         torch.testing.assert_close(a, b)
 
 
-def _perturb(model):
-    """Move away from the initialisation, where the hypernetwork is exactly constant."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-
-
 def test_hypernetwork_changes_scales_after_perturbation():
     torch.manual_seed(3)
     model = HyperLSTM(4, 6, hyper_size=5, n_z=3)
@@ -118,7 +113,7 @@ def test_hypernetwork_changes_scales_after_perturbation():
     _, _, scales = model(x, return_scales=True)
     assert scales[0]["d_x"].shape == (5, 2, 4, 6)
     torch.testing.assert_close(scales[0]["d_h"], torch.full((5, 2, 4, 6), 0.1))
-    _perturb(model)
+    perturb(model)
     _, _, scales = model(x, return_scales=True)
     assert scales[0]["d_h"].std() > 0.01
 
@@ -128,7 +123,7 @@ def test_gradcheck_float64():
     torch.manual_seed(4)
     for ln in (False, True):
         model = HyperLSTM(3, 4, hyper_size=3, n_z=2, layer_norm=ln).double()
-        _perturb(model)
+        perturb(model)
         cell = model.layers[0]
         x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
         h0 = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
@@ -147,7 +142,7 @@ def test_gradcheck_float64():
 def test_batch_first_equals_transposed_call():
     torch.manual_seed(5)
     model = HyperLSTM(4, 6, hyper_size=5, n_z=2)
-    _perturb(model)
+    perturb(model)
     model_bf = HyperLSTM(4, 6, hyper_size=5, n_z=2, batch_first=True)
     model_bf.load_state_dict(model.state_dict())
     x = torch.randn(7, 3, 4)
@@ -185,63 +180,51 @@ def test_extension_builds_with_a_toolchain(monkeypatch):
     assert _ext.kernels.__wrapped__() is None
 
 
-@pytest.mark.parametrize("dtype,scratch_bytes,batch,extension", [
+def _hyperlstm(dtype, dropout=0.3, **sizes):
+    """A factory for ``run_implementations``: the same perturbed 2-layer HyperLSTM for every impl."""
+    def build(impl):
+        torch.manual_seed(7)
+        return perturb(HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2, dropout=dropout, impl=impl, **sizes)
+                       .to(dtype), seed=3)
+    return build
+
+
+@pytest.mark.parametrize("dtype,scratch_bytes,batch,cpp", [
     (torch.float32, None, 4, True), (torch.float32, None, 43, True), (torch.float64, None, 43, True),
     (torch.float64, 1, 4, True), (torch.float64, 7000, 4, True), (torch.float32, None, 43, False),
     (torch.float64, 7000, 4, False)])
-def test_fused_sequence_equals_eager_reference(dtype, scratch_bytes, batch, extension, monkeypatch):
+def test_fused_sequence_equals_eager_reference(dtype, scratch_bytes, batch, cpp, monkeypatch):
     """The hand-written backward (HyperLSTMSequence) against autograd through the eager loop:
     outputs, final states and every gradient, with recurrent dropout on (same masks) and 2 layers.
     ``scratch_bytes`` shrinks the backward's chunks: one step each (1), 2 steps and a last one of 1 (7000).
     Batch 43 takes the C++ loops through all their column blocks (4 SIMD groups, single groups, single
-    columns, for 8 floats or 4 doubles a group); ``extension`` False forces the PyTorch cell code (as
+    columns, for 8 floats or 4 doubles a group); ``cpp`` False forces the PyTorch cell code (as
     without a compiler, or with HYPERLAB_NO_EXTENSION=1)."""
-    if not extension:
+    if cpp:
+        needs_cpp_loops()
+    else:
         monkeypatch.setattr(_ext, "kernels", lambda: None)
     if scratch_bytes is not None:
         monkeypatch.setattr(hyperlstm_fused._Backward, "SCRATCH_BYTES", scratch_bytes)
-    torch.manual_seed(7)
-    model = HyperLSTM(5, 8, hyper_size=6, n_z=3, num_layers=2, dropout=0.3).to(dtype)
-    _perturb(model)
     x = torch.randn(7, batch, 5, dtype=dtype, requires_grad=True)
     state = tuple(torch.randn(2, batch, n, dtype=dtype, requires_grad=True) for n in (8, 8, 6, 6))
-    results = []
-    for fused in (True, False):
-        for layer in model.layers:
-            layer.fused = fused
-        torch.manual_seed(8)  # the same dropout masks
-        out, final = model(x, state)
-        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=dtype)
-        loss = (out * weights).sum() + sum((k + 2) * s.sum() for k, s in enumerate(final))
-        grads = torch.autograd.grad(loss, [x, *state, *model.parameters()])
-        results.append((out, final, grads))
+    results = run_implementations(_hyperlstm(dtype), x, state)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
-    (out_f, final_f, grads_f), (out_e, final_e, grads_e) = results
-    torch.testing.assert_close(out_f, out_e, **tol)
-    for a, b in zip(final_f, final_e):
-        torch.testing.assert_close(a, b, **tol)
-    for a, b in zip(grads_f, grads_e):
-        torch.testing.assert_close(a, b, **tol)
+    assert_same_results(results["fused"], results["eager"], **tol)
 
 
 @pytest.mark.slow
 def test_fused_equals_eager_at_benchmark_size():
     """The benchmark's sizes (N_x 64, H 512, Ĥ 64, N_z 4, B 32), 20 steps, float32 (oneDNN products).
     Perturbed gently: with large random weights the recurrence is chaotic and amplifies rounding."""
-    torch.manual_seed(10)
-    model = HyperLSTM(64, 512, hyper_size=64, n_z=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    x = torch.randn(20, 32, 64)
-    results = []
-    for fused in (True, False):
-        model.layers[0].fused = fused
-        out, _ = model(x)
-        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
-        results.append((out, grads))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
-    for a, b in zip(results[0][1], results[1][1]):
+    def build(impl):
+        torch.manual_seed(10)
+        return perturb(HyperLSTM(64, 512, hyper_size=64, n_z=4, impl=impl), scale=0.02, seed=11)
+
+    results = run_implementations(build, torch.randn(20, 32, 64), None)
+    (out_f, _, grads_f), (out_e, _, grads_e) = results["fused"], results["eager"]
+    torch.testing.assert_close(out_f, out_e, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_f, grads_e):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
 
 
@@ -250,19 +233,16 @@ def test_fused_path_trains_like_the_eager_loop_when_gates_saturate(fit_batch):
     fused sequence must stay finite and follow the eager loop step by step while training."""
     from hyperlab.models import CharRNN
 
-    def losses(fused: bool, steps: int) -> list[float]:
+    def losses(impl: str, steps: int) -> list[float]:
         torch.manual_seed(0)
-        model = CharRNN(vocab_size=10, cell="hyperlstm", hidden_size=16, hyper_size=7, n_z=1)
-        for module in model.modules():
-            if hasattr(module, "fused"):
-                module.fused = fused
+        model = CharRNN(vocab_size=10, cell="hyperlstm", hidden_size=16, hyper_size=7, n_z=1, impl=impl)
         tokens = torch.randint(0, 10, (8, 17), generator=torch.Generator().manual_seed(1))
         return fit_batch(model, tokens, lr=0.05, steps=steps)
 
-    fused = losses(True, 60)
+    fused = losses("fused", 60)
     assert all(v == v and abs(v) != float("inf") for v in fused)
     assert fused[-1] < 0.5 * fused[0]  # it learns the fixed batch
-    assert fused[:20] == pytest.approx(losses(False, 20), rel=1e-3)  # later, float32 rounding compounds
+    assert fused[:20] == pytest.approx(losses("eager", 20), rel=1e-3)  # later, float32 rounding compounds
 
 
 @pytest.mark.slow
@@ -295,32 +275,27 @@ def test_forward_buffers_return_to_the_pool_only_when_their_graph_is_gone():
     """The fused forward's buffers come from a pool and go back when the graph is freed: two graphs alive
     at once get separate buffers (each backward still equals the eager loop's), and a freed graph's buffer
     serves the next call, which computes the same output again."""
-    torch.manual_seed(7)
-    model = HyperLSTM(5, 8, hyper_size=6, n_z=3).double()
-    _perturb(model)
+    def build(impl):
+        torch.manual_seed(7)
+        return perturb(HyperLSTM(5, 8, hyper_size=6, n_z=3, impl=impl).double(), seed=3)
+
+    fused, eager = build("fused"), build("eager")
     pool = hyperlstm_fused._pool
     pool.free.clear()
     xs = [torch.randn(7, 1, 5, dtype=torch.float64) for _ in range(2)]
 
-    def gradients(fused: bool, x):
-        for layer in model.layers:
-            layer.fused = fused
+    def gradients(model, x):
         out, state = model(x)
         return out, state, torch.autograd.grad(out.sum() + state[1].sum(), list(model.parameters()))
 
-    first, second = gradients(True, xs[0]), gradients(True, xs[1])  # both graphs alive until here
-    for fused, x in zip((first, second), xs):
-        eager = gradients(False, x)
-        torch.testing.assert_close(fused[0], eager[0], rtol=1e-12, atol=1e-12)
-        for a, b in zip((*fused[1], *fused[2]), (*eager[1], *eager[2])):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    first, second = gradients(fused, xs[0]), gradients(fused, xs[1])  # both graphs alive until here
+    for result, x in zip((first, second), xs):
+        assert_same_results(result, gradients(eager, x), rtol=1e-12, atol=1e-12)
     assert not pool.free  # autograd.grad frees the graph only when the outputs go
     kept = first[0].detach().clone()
-    del first, second, fused, eager
+    del first, second, result
     assert len(pool.free) == 1  # two buffers of one size came back; one is kept
-    for layer in model.layers:
-        layer.fused = True
     with torch.no_grad():
-        model(xs[1])
+        fused(xs[1])
     assert len(pool.free) == 1  # taken and, with no graph, returned at once
-    torch.testing.assert_close(gradients(True, xs[0])[0], kept, rtol=0, atol=0)
+    torch.testing.assert_close(gradients(fused, xs[0])[0], kept, rtol=0, atol=0)

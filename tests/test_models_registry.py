@@ -1,14 +1,25 @@
-"""Registry, char model counts against the paper's tables, parameter reports on the meta device."""
-
-import inspect
-import time
+"""Registry, typed model configs, char model counts against the paper's tables, parameter reports on the
+meta device."""
 
 import pytest
 import torch
 
+from hyperlab.config_io import validate
 from hyperlab.errors import ConfigError
-from hyperlab.models import CELLS, MODELS, CharRNN, build_model, detach_state, model_arguments, \
-    parameter_report, size_model
+from hyperlab.models import (
+    CELLS,
+    MODELS,
+    CharRNN,
+    CharRNNConfig,
+    DataShape,
+    MnistConvNetConfig,
+    WideResNetConfig,
+    build_model,
+    detach_state,
+    parameter_report,
+    size_model,
+)
+from hyperlab.training.config import TrainConfig
 
 PAPER_CHAR_COUNTS = [  # (cell, layers, n_z, millions) from the char-PTB table, vocabulary 50
     ("lstm", 1, 4, 4.25), ("ln_lstm", 1, 4, 4.26), ("hyperlstm", 1, 4, 4.91),
@@ -21,39 +32,55 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra thread
 
 @pytest.mark.parametrize("cell, layers, n_z, millions", PAPER_CHAR_COUNTS)
 def test_char_rnn_counts_match_paper(cell, layers, n_z, millions):
-    config = {"name": "char_rnn", "vocab_size": 50, "cell": cell, "hidden_size": 1000, "n_z": n_z,
-              "num_layers": layers}
-    assert round(size_model(config)["total"] / 1e6, 2) == millions
+    config = CharRNNConfig(cell=cell, hidden_size=1000, n_z=n_z, num_layers=layers)
+    assert round(size_model(config, DataShape(vocab_size=50))["total"] / 1e6, 2) == millions
 
 
-def test_size_model_equals_real_build_and_is_fast():
-    configs = [{"name": "char_rnn", "vocab_size": 11, "cell": c, "hidden_size": 9, "hyper_size": 5,
-                "num_layers": 2, "dropout": 0.1} for c in CELLS]
-    configs += [{"name": "mnist_convnet", "hyper": True}, {"name": "wide_resnet", "depth": 16, "hyper": True}]
-    for config in configs:
-        assert size_model(config) == parameter_report(build_model(config))
-    start = time.perf_counter()
-    size_model({"name": "char_rnn", "vocab_size": 205, "cell": "ln_hyperlstm", "hidden_size": 2048,
-                "hyper_size": 512, "n_z": 64, "num_layers": 2})
-    assert time.perf_counter() - start < 0.5
+def test_size_model_equals_real_build():
+    configs = [(CharRNNConfig(cell=c, hidden_size=9, hyper_size=5, num_layers=2, dropout=0.1), DataShape(vocab_size=11))
+               for c in CELLS]
+    configs += [(MnistConvNetConfig(hyper=True), DataShape(num_classes=10)),
+                (WideResNetConfig(depth=16, hyper=True), DataShape(num_classes=10))]
+    for config, data in configs:
+        assert size_model(config, data) == parameter_report(build_model(config, data))
 
 
-def test_registry_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"model\.n_zz: unknown key; expected one of .*n_z"):
-        build_model({"name": "char_rnn", "vocab_size": 50, "cell": "lstm", "hidden_size": 8, "n_zz": 4})
-    with pytest.raises(ConfigError, match=r"model\.name: unknown model 'gpt'"):
-        build_model({"name": "gpt"})
-    with pytest.raises(ConfigError, match=r"model\.hidden_size: required key is missing"):
-        build_model({"name": "char_rnn", "vocab_size": 50, "cell": "lstm"})
-    with pytest.raises(ConfigError, match=r"model\.cell: expected one of"):
-        build_model({"name": "char_rnn", "vocab_size": 50, "cell": "gru", "hidden_size": 8})
+def test_only_trainable_families_are_registered():
+    assert set(MODELS) == {"char_rnn", "mnist_convnet", "wide_resnet"}
+    assert {name: family.task for name, family in MODELS.items()} == {
+        "char_rnn": "charlm", "mnist_convnet": "classify", "wide_resnet": "classify"}
 
 
-def test_model_arguments_from_signature():
-    args = model_arguments("char_rnn")
-    assert args["n_z"] == 4 and args["hyper_size"] == 128 and args["dropout"] == 0.0
-    assert args["vocab_size"] is inspect.Parameter.empty
-    assert set(MODELS) >= {"char_rnn", "mnist_convnet", "wide_resnet"}
+def _model_problems(model: dict, task: str = "charlm") -> list[tuple[str, str]]:
+    data = {"task": task, "data": {"dataset": "bundled" if task == "charlm" else "mnist"}, "model": model,
+            "schedule": {"steps": 1}}
+    with pytest.raises(ConfigError) as err:
+        validate(TrainConfig, data, "x.yaml")
+    return err.value.problems
+
+
+def test_model_config_errors_name_the_key_without_the_union_tag():
+    assert _model_problems({"name": "char_rnn", "cell": "lstm", "hidden_size": 8, "n_zz": 4}) == [
+        ("model.n_zz", "unknown key")]
+    [(key, msg)] = _model_problems({"name": "gpt"})
+    assert key == "model.name" and "unknown 'gpt'; expected one of 'char_rnn', 'mnist_convnet', 'wide_resnet'" in msg
+    assert _model_problems({"cell": "lstm", "hidden_size": 8}) == [("model.name", "required key is missing")]
+    assert _model_problems({"name": "char_rnn", "cell": "lstm"}) == [("model.hidden_size", "required key is missing")]
+    [(key, msg)] = _model_problems({"name": "char_rnn", "cell": "gru", "hidden_size": 8})
+    assert key == "model.cell" and "'lstm', 'ln_lstm', 'hyperlstm' or 'ln_hyperlstm'" in msg and "'gru'" in msg
+    [(key, msg)] = _model_problems({"name": "char_rnn", "cell": "lstm", "hidden_size": True})
+    assert key == "model.hidden_size" and "got True" in msg  # no coercion: true is not 1
+    [(key, msg)] = _model_problems({"name": "wide_resnet", "depth": 12}, task="classify")
+    assert key == "model.depth" and "6n+4" in msg
+    [(key, msg)] = _model_problems({"name": "mnist_convnet"}, task="charlm")
+    assert key == "model.name" and "trained by task 'classify', not 'charlm'" in msg
+
+
+def test_data_arguments_come_from_the_data_only():
+    assert _model_problems({"name": "char_rnn", "cell": "lstm", "hidden_size": 8, "vocab_size": 50}) == [
+        ("model.vocab_size", "unknown key")]
+    with pytest.raises(ValueError, match="vocab_size"):
+        CharRNNConfig(cell="lstm", hidden_size=8).build(DataShape(num_classes=10))
 
 
 @pytest.mark.parametrize("cell", CELLS)

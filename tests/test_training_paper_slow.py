@@ -12,7 +12,8 @@ import pytest
 from hyperlab.config_io import load_yaml
 from hyperlab.training import TrainConfig, fit
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 

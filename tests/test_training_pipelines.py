@@ -16,9 +16,10 @@ from hyperlab.config_io import load_yaml
 from hyperlab.errors import UserError
 from hyperlab.training import TrainConfig, fit, parameter_count
 from hyperlab.training.config import smoke_overrides
-from hyperlab.training.data_cache import data_arguments
+from hyperlab.training.data_cache import data_shape
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
 
 
@@ -30,6 +31,7 @@ def test_the_shipped_pipelines_are_all_here():
                                            "cifar_hyperwrn.yaml", "quick_charlm.yaml"}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
 def test_pipeline_trains_shrunk(path, tmp_path, shared_data):
     config = load_yaml(TrainConfig, path)
@@ -61,7 +63,7 @@ def _data_for(config: TrainConfig, data: Path | None, tmp_path: Path) -> tuple[s
     """(data directory, stand-in dataset or None): the real data when the shared copy ``data`` has it."""
     if data is not None:
         try:
-            data_arguments(config.task, config.data.dataset, str(data))
+            data_shape(config.task, config.data.dataset, str(data))
             return str(data), None
         except UserError:
             pass

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from hyperlab.data import load_corpus
-from hyperlab.models import build_model
+from hyperlab.models import CharRNNConfig, DataShape, build_model
 from hyperlab.training import activity_figure, sample
 from hyperlab.training.generate import token_strings
+
+from conftest import pin_stand_in
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,8 +26,8 @@ def corpus(private_cache):
 
 def char_model(corpus, cell: str = "ln_hyperlstm", num_layers: int = 2):
     torch.manual_seed(0)
-    model = build_model({"name": "char_rnn", "cell": cell, "hidden_size": 24, "hyper_size": 8, "n_z": 4,
-                         "num_layers": num_layers, "dropout": 0.1, "vocab_size": corpus.vocab_size})
+    model = build_model(CharRNNConfig(cell=cell, hidden_size=24, hyper_size=8, n_z=4, num_layers=num_layers,
+                                      dropout=0.1), DataShape(vocab_size=corpus.vocab_size))
     with torch.no_grad():  # move the hyper cells off their initial point, so d_h changes with the input
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -81,13 +83,14 @@ def test_activity_figure_writes_a_png(tmp_path, corpus):
 
 
 @pytest.fixture
-def byte_corpus(tmp_path, private_cache):
+def byte_corpus(tmp_path, private_cache, monkeypatch):
     """An enwik8 stand-in: bytes of text with two- and three-byte UTF-8 characters."""
     words = ["<page>", "Zürich", "naïve", "東京", "&amp;", "\n"]
     payload = " ".join(words[k] for k in np.random.default_rng(0).integers(0, 6, 1500)).encode()
     (tmp_path / "data" / "enwik8").mkdir(parents=True)
     with zipfile.ZipFile(tmp_path / "data" / "enwik8" / "enwik8.zip", "w") as archive:
         archive.writestr("enwik8", payload)
+    pin_stand_in(monkeypatch, "enwik8", tmp_path / "data" / "enwik8" / "enwik8.zip")
     return load_corpus("enwik8", tmp_path / "data")
 
 

@@ -4,7 +4,7 @@ Raw files sit under the data directory in one folder per dataset (``ptb/``, ``mn
 ``cifar10/``, ``tinyshakespeare/``, ``enwik8/``, ``text8/``), the layout of the shared copy, so
 ``--data-dir /work/shared/data`` works as is. Derived arrays (token ids, vocabularies, decoded
 images) are built once: beside the raw files when that folder is writable, else under a cache
-directory, in a folder keyed by the sources' names, sizes and modification times.
+directory, in a folder keyed by the sources' paths and contents.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -39,9 +39,19 @@ def derived_cache_root() -> Path:
 
 
 def source_key(sources: list[Path]) -> str:
-    """A short key that changes when any source file is replaced (name, size, mtime)."""
-    stamp = [DERIVED_FORMAT] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
+    """A short key of the sources' resolved paths and contents (sha256): two different files with equal
+    names, sizes and times never share derived arrays, and an edited file gets new ones."""
+    stamp = [DERIVED_FORMAT] + [(str(p.resolve()), file_sha256(p)) for p in sources]
     return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def derived_dir(name: str, sources: list[Path], dataset_dir: Path | None = None) -> Path:

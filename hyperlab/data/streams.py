@@ -27,7 +27,7 @@ class StreamBatches:
         # (B, L) view of the memmap: row b is stream b; nothing is copied until a batch is read
         self.streams = np.asarray(tokens)[: batch_size * self.stream_len].reshape(batch_size, self.stream_len)
         self._len = (self.stream_len - 1) // seq_len  # the last target needs one token past the inputs
-        if self._len == 0:
+        if self._len <= 0:
             raise UserError(f"{name}: {len(tokens)} tokens are too few for one batch of data.batch_size="
                             f"{batch_size} streams of data.seq_len={seq_len}+1 tokens (needs at least "
                             f"{batch_size * (seq_len + 1)}); lower data.batch_size or data.seq_len")

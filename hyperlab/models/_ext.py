@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from hyperlab.models import torch_private
+
 log = logging.getLogger(__name__)
 
 _FUNCTIONS = ["forward_sequence", "backward_steps"]
@@ -57,8 +59,7 @@ def _build_lock(folder: str):
     with open(os.path.join(folder, "hyperlab.lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, "lock"))
+            torch_private.clear_stale_build_lock(folder)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -83,6 +84,17 @@ def _source() -> str:
     return (Path(__file__).with_name("cell_kernels.cpp")).read_text()
 
 
+def is_built() -> bool:
+    """Whether this machine has the compiled module for this version already (loading it is quick)."""
+    if os.environ.get("HYPERLAB_NO_EXTENSION", "") not in ("", "0"):
+        return True
+    return _has_build(_build_dir(_build_name(bool(_arch_flags()))))
+
+
+def _has_build(folder: str) -> bool:
+    return any(entry.endswith(".so") for entry in os.listdir(folder))
+
+
 @functools.cache
 def kernels():
     """The compiled module, or None (HYPERLAB_NO_EXTENSION=1, or the build failed: one warning)."""
@@ -96,7 +108,7 @@ def kernels():
         _find_ninja()
         folder = _build_dir(name)
         with _build_lock(folder):
-            if not any(entry.endswith(".so") for entry in os.listdir(folder)):
+            if not _has_build(folder):
                 log.warning("hyperlab: building the HyperLSTM's C++ cell loops (once per machine and version, "
                             "about 30 s) in %s", folder)
             return load_inline(name=name, cpp_sources=[_source()], functions=_FUNCTIONS, build_directory=folder,

@@ -6,41 +6,59 @@ HyperLSTM 1000/128/4 4.91M, LN HyperLSTM 4.92M, 2-layer LN HyperLSTM n_z=16 14.4
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal, get_args
+
+import pydantic
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperlab.errors import ConfigError
+from hyperlab.models.config import DataShape, ModelConfig
 from hyperlab.models.hyperlstm import HyperLSTM
 from hyperlab.models.lstm import LSTM, LayerNormLSTM, paper_torch_lstm
 
-CELLS = ("lstm", "ln_lstm", "hyperlstm", "ln_hyperlstm")
+Cell = Literal["lstm", "ln_lstm", "hyperlstm", "ln_hyperlstm"]
+CELLS: tuple[str, ...] = get_args(Cell)
+
+
+def recurrent_stack(cell: str, input_size: int, hidden_size: int, hyper_size: int = 128, n_z: int = 4,
+                    num_layers: int = 1, dropout: float = 0.0, impl: str = "auto") -> nn.Module:
+    """The time-major recurrent stack of one of the four cells (the char and handwriting models share it).
+    A plain ``lstm`` without dropout is ``torch.nn.LSTM`` (one trainable bias); with dropout it is this
+    package's LSTM (same count)."""
+    if cell == "lstm" and dropout == 0.0:
+        return paper_torch_lstm(input_size, hidden_size, num_layers)
+    if cell == "lstm":
+        return LSTM(input_size, hidden_size, num_layers, dropout=dropout)
+    if cell == "ln_lstm":
+        return LayerNormLSTM(input_size, hidden_size, num_layers, dropout=dropout)
+    return HyperLSTM(input_size, hidden_size, hyper_size, n_z, num_layers, layer_norm=cell == "ln_hyperlstm",
+                     dropout=dropout, impl=impl)
+
+
+def zero_state(rnn: nn.Module, batch_size: int, device=None):
+    """Zero recurrent state of a ``recurrent_stack`` for ``batch_size`` sequences."""
+    if isinstance(rnn, nn.LSTM):
+        shape = (rnn.num_layers, batch_size, rnn.hidden_size)
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+    return rnn.init_state(batch_size, device=device)
 
 
 class CharRNN(nn.Module):
     """``logits, state = model(tokens, state=None)``: tokens (B, T) long -> logits (B, T, V).
 
     ``dropout`` is the paper's: on the one-hot input, on the output before the softmax layer and
-    recurrent dropout on the candidate; all off in eval mode. A plain ``lstm`` without dropout is
-    ``torch.nn.LSTM`` (one trainable bias); with dropout it is this package's LSTM (same count).
-    ``model(tokens, state, return_scales=True)`` adds the per-layer scaling vectors (an empty list for
+    recurrent dropout on the candidate; all off in eval mode (the stack: ``recurrent_stack``).
+    ``impl`` is the HyperLSTM's implementation (``HyperLSTMCell``). ``model(tokens, state,
+    return_scales=True)`` adds the per-layer scaling vectors (an empty list for
     cells without a hypernetwork).
     """
 
     def __init__(self, vocab_size: int, cell: str, hidden_size: int, hyper_size: int = 128, n_z: int = 4,
-                 num_layers: int = 1, dropout: float = 0.0):
+                 num_layers: int = 1, dropout: float = 0.0, impl: str = "auto"):
         super().__init__()
-        _check_arguments(vocab_size, cell, hidden_size, hyper_size, n_z, num_layers, dropout)
         self.vocab_size, self.cell, self.dropout = vocab_size, cell, dropout
-        if cell == "lstm" and dropout == 0.0:
-            self.rnn = paper_torch_lstm(vocab_size, hidden_size, num_layers)
-        elif cell == "lstm":
-            self.rnn = LSTM(vocab_size, hidden_size, num_layers, dropout=dropout)
-        elif cell == "ln_lstm":
-            self.rnn = LayerNormLSTM(vocab_size, hidden_size, num_layers, dropout=dropout)
-        else:
-            self.rnn = HyperLSTM(vocab_size, hidden_size, hyper_size, n_z, num_layers,
-                                 layer_norm=cell == "ln_hyperlstm", dropout=dropout)
+        self.rnn = recurrent_stack(cell, vocab_size, hidden_size, hyper_size, n_z, num_layers, dropout, impl)
         self.softmax = nn.Linear(hidden_size, vocab_size)  # H·V + V
 
     @property
@@ -50,10 +68,7 @@ class CharRNN(nn.Module):
 
     def init_state(self, batch_size: int, device=None):
         """Zero recurrent state for ``batch_size`` sequences."""
-        if isinstance(self.rnn, nn.LSTM):
-            shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
-            return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
-        return self.rnn.init_state(batch_size, device=device)
+        return zero_state(self.rnn, batch_size, device)
 
     def forward(self, tokens: torch.Tensor, state=None, return_scales: bool = False):
         if tokens.dim() != 2:
@@ -71,15 +86,23 @@ class CharRNN(nn.Module):
         return (logits, state, scales) if return_scales else (logits, state)
 
 
-def _check_arguments(vocab_size, cell, hidden_size, hyper_size, n_z, num_layers, dropout) -> None:
-    problems = []
-    if cell not in CELLS:
-        problems.append(("model.cell", f"expected one of {', '.join(CELLS)}, got {cell!r}"))
-    for key, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size), ("hyper_size", hyper_size),
-                       ("n_z", n_z), ("num_layers", num_layers)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append((f"model.{key}", f"expected a positive integer, got {value!r}"))
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        problems.append(("model.dropout", f"expected a probability in [0, 1), got {dropout!r}"))
-    if problems:
-        raise ConfigError(None, problems)
+class RecurrentConfig(ModelConfig):
+    """What the configs of models over a ``recurrent_stack`` share."""
+
+    cell: Cell
+    hidden_size: pydantic.PositiveInt
+    hyper_size: pydantic.PositiveInt = 128  # hyper cells only
+    n_z: pydantic.PositiveInt = 4           # hyper cells only
+    num_layers: pydantic.PositiveInt = 1
+    dropout: float = pydantic.Field(0.0, ge=0.0, lt=1.0)
+
+
+class CharRNNConfig(RecurrentConfig):
+    """``model:`` of a char language model (``task: charlm``); the vocabulary comes from the corpus."""
+
+    name: Literal["char_rnn"] = "char_rnn"
+    task: ClassVar[str] = "charlm"
+
+    def build(self, data: DataShape) -> CharRNN:
+        return CharRNN(data.require("vocab_size"), self.cell, self.hidden_size, self.hyper_size, self.n_z,
+                       self.num_layers, self.dropout)

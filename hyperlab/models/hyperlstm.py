@@ -12,10 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperlab.models.hyperlstm_fused import HyperLSTMSequence
-from hyperlab.models.lstm import GateNorm, LN_EPS, LSTMLayer, _check_input, cell_update, dropout_masks, \
-    glorot_uniform_, orthogonal_blocks_
+from hyperlab.models.lstm import (
+    LN_EPS,
+    GateNorm,
+    LSTMLayer,
+    _check_input,
+    cell_update,
+    dropout_masks,
+    glorot_uniform_,
+    orthogonal_blocks_,
+)
 
 N_EMBEDDINGS = 12  # (x, h, b) × (i, g, f, o)
+IMPLEMENTATIONS = ("auto", "eager", "fused")
 
 
 class HyperLSTMCell(nn.Module):
@@ -24,19 +33,25 @@ class HyperLSTMCell(nn.Module):
     ``outputs, (h, c, hyper_h, hyper_c), scales = cell(x, state, return_scales)`` with x (T, B, N_x),
     state tensors (B, H) / (B, Ĥ), outputs (T, B, H); scales is None, or with ``return_scales`` the pair
     (d_x, d_h), each (T, B, 4, H) in gate order (i, g, f, o).
-    ``dropout`` is recurrent dropout on the main cell's candidate.
+    ``dropout`` is recurrent dropout on the main cell's candidate. ``impl`` picks the implementation:
+    ``"eager"`` the readable step-by-step loop below (autograd through every operation), ``"fused"``
+    one autograd Function over the sequence with a hand-written backward (``HyperLSTMSequence``; no
+    layer norm yet), ``"auto"`` the fused one where it applies. A call with ``return_scales`` always
+    runs the eager loop (the scales are a diagnostic, not kept by the fused path).
 
     Parameters: 4H(N_x+H+1) + 4Ĥ(N_x+H+Ĥ+1) + 12·N_z·(Ĥ+H) + 8·N_z, plus 10H + 10Ĥ with layer norm.
     """
 
     def __init__(self, input_size: int, hidden_size: int, hyper_size: int = 128, n_z: int = 4,
-                 layer_norm: bool = False, dropout: float = 0.0):
+                 layer_norm: bool = False, dropout: float = 0.0, impl: str = "auto"):
         super().__init__()
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+        if impl == "fused" and layer_norm:
+            raise ValueError("the fused HyperLSTM has no layer norm; use impl 'auto' or 'eager'")
         self.input_size, self.hidden_size, self.hyper_size, self.n_z = input_size, hidden_size, hyper_size, n_z
         self.dropout = dropout
-        # without layer norm, sequences run through HyperLSTMSequence (hand-written backward) unless
-        # scales are requested; set False to run the eager reference loop below
-        self.fused = True
+        self._fused = impl != "eager" and not layer_norm
         # main cell: W_x, W_h, b_0
         self.weight_x = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_h = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
@@ -79,7 +94,7 @@ class HyperLSTMCell(nn.Module):
             state = self.init_state(x.shape[1], x.device, x.dtype)
         z_bias = torch.cat([self.bias_z, self.bias_z.new_zeros(4 * self.n_z)])  # (12 N_z)
         masks = dropout_masks(x, self.hidden_size, self.dropout, self.training)
-        if self.fused and self.gate_norm is None and not return_scales:
+        if self._fused and not return_scales:
             outputs, *final = HyperLSTMSequence.apply(
                 x, *state, self.weight_x, self.weight_h, self.bias, self.hyper.weight_x, self.hyper.weight_h,
                 self.hyper.bias, self.weight_z, z_bias, self.weight_scale,
@@ -125,18 +140,19 @@ class HyperLSTM(nn.Module):
     the last layer's h at every step; state = (h, c, hyper_h, hyper_c), each (num_layers, B, ·), which
     passed back continues the sequence exactly. ``return_scales=True`` adds a list (one per layer) of
     {"d_x": (T, B, 4, H), "d_h": (T, B, 4, H)}, gates in order (i, g, f, o) (time-major even with
-    ``batch_first``). ``dropout`` is recurrent dropout on the candidate of each main cell.
+    ``batch_first``). ``dropout`` is recurrent dropout on the candidate of each main cell; ``impl`` is
+    each cell's implementation (see ``HyperLSTMCell``).
     """
 
     def __init__(self, input_size: int, hidden_size: int, hyper_size: int = 128, n_z: int = 4,
                  num_layers: int = 1, layer_norm: bool = False, dropout: float = 0.0,
-                 batch_first: bool = False):
+                 batch_first: bool = False, impl: str = "auto"):
         super().__init__()
         self.input_size, self.hidden_size, self.hyper_size = input_size, hidden_size, hyper_size
         self.num_layers, self.batch_first = num_layers, batch_first
         self.layers = nn.ModuleList(
             HyperLSTMCell(input_size if n == 0 else hidden_size, hidden_size, hyper_size, n_z,
-                          layer_norm, dropout)
+                          layer_norm, dropout, impl)
             for n in range(num_layers))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> tuple[torch.Tensor, ...]:

@@ -24,8 +24,16 @@ import weakref
 import torch
 
 from hyperlab.models import _ext
-from hyperlab.models.fused_cell import (cell_backward, cell_forward, forget_offset, gate_scale, mm, mm_add,
-                                        scaled_cell_backward, scaled_cell_forward)
+from hyperlab.models.fused_cell import (
+    cell_backward,
+    cell_forward,
+    forget_offset,
+    gate_scale,
+    mm,
+    mm_add,
+    scaled_cell_backward,
+    scaled_cell_forward,
+)
 
 
 class HyperLSTMSequence(torch.autograd.Function):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from hyperlab.models.hyperlstm import HyperLSTMCell
-from hyperlab.models.registry import build_model
 from hyperlab.models.static_hyper import GeneratedConv2d
 
 
@@ -44,10 +42,3 @@ def parameter_report(model: nn.Module) -> dict:
         "generated_layers_without_hyper": without,
         "compression_ratio": (generator + embeddings) / without if generated else None,
     }
-
-
-def size_model(config: dict) -> dict:
-    """``parameter_report`` of ``build_model(config)`` built on the meta device: no memory, milliseconds."""
-    with torch.device("meta"):
-        model = build_model(config)
-    return parameter_report(model)

@@ -33,9 +33,11 @@ class CharLMTask:
                         for split in ("train", "valid", "test")}
         self.hidden = None  # carried across training chunks
 
-    def model_arguments(self) -> dict[str, Any]:
-        """Arguments of the model builder that come from the data."""
-        return {"vocab_size": self.corpus.vocab_size}
+    def data_shape(self):
+        """What the model learns from the data."""
+        from hyperlab.models import DataShape
+
+        return DataShape(vocab_size=self.corpus.vocab_size)
 
     def train_loss(self, model: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy (nats) of the chunk of ``step``, and its number of tokens."""

@@ -33,9 +33,11 @@ class ClassifyTask:
             "test": ImageBatches(*data.test, size, False, seed, shuffle=False, **norm, name=names["test"]),
         }
 
-    def model_arguments(self) -> dict[str, Any]:
-        """Arguments of the model builder that come from the data."""
-        return {"num_classes": self.data.num_classes}
+    def data_shape(self):
+        """What the model learns from the data."""
+        from hyperlab.models import DataShape
+
+        return DataShape(num_classes=self.data.num_classes)
 
     def train_loss(self, model: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy of the batch of ``step``, and its number of images."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def sample(model: torch.nn.Module, corpus, length: int, temperature: float = 1.0
     ||d_h(t) - d_h(t-1)||_2 over the last layer's units (0 for the very first step). None for
     models without a hyper cell. Sampling uses its own generator: the same seed gives the same text.
     """
-    if length < 1 or temperature <= 0:
+    if length < 1 or not 0 < temperature < float("inf"):
         from hyperlab.errors import UserError
         raise UserError(f"sample: length must be >= 1 and temperature > 0 (got {length}, {temperature})")
     was_training, device = model.training, next(model.parameters()).device

@@ -6,15 +6,16 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from hyperlab.training import checkpoint
 from hyperlab.training.config import TrainConfig
-from hyperlab.training.data_cache import data_arguments
+from hyperlab.training.data_cache import data_shape
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 DIVERGENCE_CHECK_EVERY = 100  # steps between finiteness checks between evaluations (one host sync)
@@ -33,21 +34,30 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_spec(config: TrainConfig, data_args: dict[str, Any]) -> dict[str, Any]:
-    """The dict ``hyperlab.models.build_model`` / ``size_model`` take: name, the config's arguments and
-    those data arguments the builder accepts (a fixed-size MNIST net takes no ``num_classes``)."""
-    from hyperlab.models import model_arguments
-
-    accepted = set(model_arguments(config.model.name))
-    return {"name": config.model.name, **config.model.arguments(),
-            **{key: value for key, value in data_args.items() if key in accepted}}
-
-
 def parameter_count(config: TrainConfig, data_dir: str | None = None) -> dict[str, Any]:
     """The parameter report of the configured model, without building its weights or training."""
     from hyperlab.models import size_model
 
-    return size_model(model_spec(config, data_arguments(config.task, config.data.dataset, data_dir)))
+    return size_model(config.model, data_shape(config.task, config.data.dataset, data_dir))
+
+
+def preflight(config: TrainConfig, data_dir: str | None = None, check_device: bool = True) -> dict[str, Any]:
+    """Everything training would reject at its start, checked without training: the device (unless
+    ``check_device`` is False, for a driver whose trials run elsewhere), the data and whether its
+    splits hold a batch, the model's size. Returns the parameter report; a problem is a ConfigError
+    naming the key (the caller adds the file)."""
+    from hyperlab.errors import ConfigError, UserError
+    from hyperlab.models import size_model
+
+    if check_device:
+        resolve_device(config.device)
+    try:
+        task = make_task(config, data_dir, torch.device("cpu"))  # loads the data, cuts its batches
+    except ConfigError:
+        raise
+    except UserError as err:
+        raise ConfigError(None, [("data", str(err))]) from None
+    return size_model(config.model, task.data_shape())
 
 
 def model_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -112,8 +122,9 @@ def fit(config: TrainConfig, report: Report | None = None, *, workdir: str | Pat
     At every evaluation (every ``schedule.eval_every`` steps and at the end) a checkpoint is written
     atomically under ``workdir`` (the latest only) and ``report(metrics, checkpoint_dir)`` is called.
     A non-finite training loss or validation/test metric ends the run as "diverged", reported with
-    no checkpoint. ``resume_from`` (a checkpoint directory) continues exactly where that run stopped;
-    from the final checkpoint, the run's final metrics are reported again as they were.
+    no checkpoint. ``resume_from`` (a checkpoint directory) continues exactly where that run stopped,
+    first reporting again every evaluation that run reported up to the checkpoint (from the final
+    checkpoint, that is all): a resumed run reports what an uninterrupted one does.
     ``on_step(step)``, if given, is called after every optimiser step (for progress bars).
     """
     trainer = _Trainer(config, Path(workdir), data_dir)
@@ -124,20 +135,21 @@ def fit(config: TrainConfig, report: Report | None = None, *, workdir: str | Pat
 
 class _Trainer:
     def __init__(self, config: TrainConfig, workdir: Path, data_dir: str | None):
-        from hyperlab.models import build_model, parameter_report
+        from hyperlab.models import build_model, parameter_report, prepare_kernels
 
         self.config, self.workdir = config, workdir
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         self.task = make_task(config, data_dir, self.device)
-        self.model = build_model(model_spec(config, self.task.model_arguments())).to(self.device)
+        self.model = build_model(config.model, self.task.data_shape()).to(self.device)
+        prepare_kernels(self.model, self.device)  # a first-time C++ build is not training time
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr,
                                           weight_decay=config.optim.weight_decay)
         self.model_metrics = model_metrics(parameter_report(self.model))
         self.window = _Window(self.device)
         self.step, self.elapsed_before, self.started = 0, 0.0, time.perf_counter()
         self.resumed_from: Path | None = None
-        self.last_metrics: dict[str, Any] | None = None  # of the checkpoint resumed from
+        self.history: list[dict[str, Any]] = []  # every evaluation's report so far, saved with each checkpoint
 
     def restore(self, path: Path) -> None:
         self.model.load_state_dict(checkpoint.load_model_state(path, self.device))
@@ -147,13 +159,15 @@ class _Trainer:
         self.window.load_state_dict(state["window"])
         self.step, self.elapsed_before = state["step"], state["elapsed"]
         checkpoint.set_rng_state(state["rng"])
-        self.resumed_from, self.last_metrics = path, state.get("metrics")
+        self.resumed_from, self.history = path, list(state.get("history", []))
 
     def run(self, report: Report, on_step: Callable[[int], None] | None) -> dict[str, Any]:
         schedule, clip = self.config.schedule, self.config.optim.clip
         check_every = min(schedule.eval_every, DIVERGENCE_CHECK_EVERY)
-        if self.step >= schedule.steps:  # resumed from the final checkpoint: nothing left to train
-            return self._report_final_again(report)
+        if self.resumed_from is not None:  # what the checkpoint recorded, in case its report was lost
+            metrics = self._report_checkpoint_again(report)
+            if self.step >= schedule.steps:  # resumed from the final checkpoint: nothing left to train
+                return metrics
         self.model.train()
         self.window.started = time.perf_counter()
         while self.step < schedule.steps:
@@ -193,20 +207,24 @@ class _Trainer:
         if final:
             metrics.update({"done": True, "outcome": "completed"})
         self.window = _Window(self.device)  # the next window starts empty, and is saved so
+        self.history.append(dict(metrics))
         path = self._save(metrics)
         report(metrics, path)
         self.window.started = time.perf_counter()  # throughput counts training time only
         return metrics
 
-    def _report_final_again(self, report: Report) -> dict[str, Any]:
-        """Resumed at the end: report the metrics stored with the final checkpoint (an evaluation
-        now would see an empty training window and no training time)."""
-        if self.last_metrics is None:  # a checkpoint written before metrics were stored with it
+    def _report_checkpoint_again(self, report: Report) -> dict[str, Any]:
+        """Resumed: report again every evaluation the checkpoint's run reported, as it reported them
+        (reports the interrupted process made may never have reached their reader; a reader that has
+        them already sees the same steps and values again). The last one comes with the checkpoint's
+        path when the checkpoint is in this run's folder."""
+        if not self.history:  # a checkpoint written before reports were stored with it
             return self._evaluate(report)
         in_workdir = self.resumed_from.resolve().parent == self.workdir.resolve()
-        path = self.resumed_from if in_workdir else self._save(self.last_metrics)
-        report(dict(self.last_metrics), path)
-        return dict(self.last_metrics)
+        for metrics in self.history[:-1]:
+            report(dict(metrics), None)
+        report(dict(self.history[-1]), self.resumed_from if in_workdir else self._save(self.history[-1]))
+        return dict(self.history[-1])
 
     def _diverged(self, report: Report, measured: dict[str, Any]) -> dict[str, Any]:
         """End the run: ``measured`` (train/loss, throughput, maybe evaluation metrics) reported with
@@ -220,7 +238,7 @@ class _Trainer:
         trainer_state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                          "rng": checkpoint.rng_state(), "task": self.task.state_dict(),
                          "window": self.window.state_dict(), "elapsed": self._elapsed(),
-                         "metrics": metrics}
+                         "metrics": metrics, "history": self.history}
         return checkpoint.save(self.workdir, self.step, self.model.state_dict(), trainer_state,
                                self.config.model_dump(mode="json"))
 
@@ -229,11 +247,30 @@ class _Trainer:
 
 
 def load_model(checkpoint_dir: str | Path, config: TrainConfig, data_dir: str | None = None,
-               device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model of a checkpoint directory, rebuilt from ``config`` and the data, in eval mode."""
+               device: str | torch.device = "cpu", where: str | None = None) -> torch.nn.Module:
+    """The model of a checkpoint directory, rebuilt from ``config`` and the data, in eval mode.
+
+    A checkpoint that cannot be read (truncated, not a checkpoint), that does not fit the config
+    (wrong shapes or names) or that holds NaN or infinite weights is a UserError naming ``where``
+    (default: the directory); its weights are read with ``weights_only`` (no code runs)."""
+    from hyperlab.errors import UserError
     from hyperlab.models import build_model
 
-    args = data_arguments(config.task, config.data.dataset, data_dir)
-    model = build_model(model_spec(config, args)).to(device)
-    model.load_state_dict(checkpoint.load_model_state(checkpoint_dir, device))
+    where = where or str(checkpoint_dir)
+    model = build_model(config.model, data_shape(config.task, config.data.dataset, data_dir)).to(device)
+    try:
+        state = checkpoint.load_model_state(checkpoint_dir, device)
+    except Exception as err:  # noqa: BLE001 - torch raises a dozen kinds for a damaged file
+        raise UserError(f"{where}: model.pt is not a readable checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{where}: model.pt holds no state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()
+        raise UserError(f"{where}: model.pt does not fit its config ({' '.join(first[:3])[:300]})") from None
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise UserError(f"{where}: model.pt holds NaN or infinite weights ({', '.join(bad[:5])})")
     return model.eval()
