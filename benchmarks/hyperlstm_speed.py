@@ -54,9 +54,8 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     lstm = torch.nn.LSTM(args.input_size, args.hidden_size).to(device)
-    hyper = HyperLSTM(args.input_size, args.hidden_size, args.hyper_size, args.n_z, layer_norm=args.layer_norm).to(device)
-    for layer in hyper.layers:
-        layer.fused = not args.eager
+    hyper = HyperLSTM(args.input_size, args.hidden_size, args.hyper_size, args.n_z, layer_norm=args.layer_norm,
+                      impl="eager" if args.eager else "auto").to(device)
     x = torch.randn(args.steps, args.batch, args.input_size, device=device)
     if device.type == "cuda":
         args.clock = "wall"

@@ -7,12 +7,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from test_analysis_store import OBJECTIVES, shared_store
 
-from hyperlab.analysis import hypervolume, load_search, write_search_report
-from hyperlab.analysis.commands import print_search
+from hyperlab.analysis import hypervolume, write_search_report
 from hyperlab.analysis.figures import point_kinds
 from hyperlab.cli import main
+from hyperlab.cli.analysis import print_search
+from hyperlab.tracking import load_search
+
+from conftest import OBJECTIVES, shared_store
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -24,12 +26,18 @@ def store(tmp_path_factory):
 
 def search_runs(uri: str, name: str) -> pd.DataFrame:
     """The complete trials of a search straight from mlflow.search_runs (no hyperlab reader)."""
-    previous = mlflow.get_tracking_uri()
+    import os
+
+    previous, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`hyperlab.role` = 'trial'")
     finally:
         mlflow.set_tracking_uri(previous)
+        if variable is None:  # set_tracking_uri sets the variable too: leave the environment as it was
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
     return runs[runs["tags.hyperlab.fidelity"] == "complete"]
 
 
@@ -60,7 +68,8 @@ def test_pareto_writes_the_front_of_search_runs(store, tmp_path, capsys, suffix)
     np.testing.assert_allclose(front["val/bpc"], expected["metrics.val/bpc"])
     assert front["knee"].sum() == 1 and front["paper_model"].notna().all()  # dataset ptb: a paper table
     printed = capsys.readouterr().out
-    assert f"Pareto front of alpha: {len(front)} of 18 complete trials (3 partial, 3 failed" in printed
+    assert f"Pareto front of alpha: {len(front)} of 18 complete trials" in printed
+    assert "trials: 18 complete, 3 stopped early or interrupted, 3 failed" in " ".join(printed.split())
     assert all(run_id[:12] in printed for run_id in expected["run_id"])
 
 
@@ -129,8 +138,8 @@ def test_write_search_report(store, tmp_path):
     png = (tmp_path / "tradeoff.png").read_bytes()
     assert png[:8] == PNG_SIGNATURE and len(png) > 10_000
     html = (tmp_path / "tradeoff.html").read_text()
-    assert "cdn.plot.ly" in html and '"name":"front"' in html and '"name":"partial"' in html
-    assert len(html) < 100_000  # plotly.js itself is not embedded
+    assert '"name":"front"' in html and '"name":"partial"' in html
+    assert 'src="https://cdn.plot.ly' not in html and len(html) > 1_000_000  # plotly.js travels with it
     csv, parquet = pd.read_csv(tmp_path / "front.csv"), pd.read_parquet(tmp_path / "front.parquet")
     assert csv["run_id"].tolist() == parquet["run_id"].tolist() == result["front"]["run_id"].tolist()
     complete = df[df["fidelity"] == "complete"]  # log10 parameters against bpc, both minimised
@@ -142,10 +151,11 @@ def test_write_search_report(store, tmp_path):
 
 
 def test_import_loads_neither_torch_nor_ray():
-    code = ("import sys, hyperlab.analysis, hyperlab.analysis.commands; "
-            "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'matplotlib', 'plotly') if m in sys.modules))")
+    code = ("import sys, hyperlab.analysis; light = sorted(m for m in ('torch', 'ray', 'mlflow', 'matplotlib', "
+            "'plotly') if m in sys.modules); import hyperlab.cli.analysis; "
+            "print(light, sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "[] []"  # `hyperlab pareto` starts without them too
 
 
 def test_point_kinds_in_figures():
@@ -158,9 +168,9 @@ def test_point_kinds_in_figures():
 
 def test_mnist_paper_counts_are_whole_model_counts_of_the_paper_architecture():
     from hyperlab.analysis.paper import paper_table
-    from hyperlab.models import size_model
+    from hyperlab.models import DataShape, MnistConvNetConfig, size_model
 
     table = paper_table("mnist")
     counts = dict(zip(table["model"], table["params"]))
-    assert counts["convnet, ordinary conv2"] == size_model({"name": "mnist_convnet", "hyper": False})["total"]
-    assert counts["convnet, generated conv2 Nz=4"] == size_model({"name": "mnist_convnet", "hyper": True})["total"]
+    for hyper, row in ((False, "convnet, ordinary conv2"), (True, "convnet, generated conv2 Nz=4")):
+        assert counts[row] == size_model(MnistConvNetConfig(hyper=hyper), DataShape(num_classes=10))["total"]

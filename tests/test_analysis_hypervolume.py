@@ -1,7 +1,6 @@
 """Hypervolumes worked out on paper, a brute-force grid cross-check, and the reference-point rules."""
 
 import itertools
-import time
 
 import numpy as np
 import pandas as pd
@@ -74,11 +73,10 @@ def test_matches_grid_brute_force(m):
         assert hypervolume(points, reference, ["min"] * m) == pytest.approx(expected)
 
 
-def test_hundred_thousand_points_fast():
+def test_hundred_thousand_points():
+    """The size benchmarks/pareto_speed.py times; here only the value."""
     points = np.random.default_rng(1).random((100_000, 2))
-    start = time.perf_counter()
     volume = hypervolume(points, (1.0, 1.0), ["min", "min"])
-    assert time.perf_counter() - start < 0.5
     assert 0.99 < volume < 1.0  # 100,000 uniform points leave almost nothing undominated
 
 

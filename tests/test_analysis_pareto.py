@@ -1,12 +1,11 @@
 """Pareto ranks worked out by hand, the knee, the paper's closest result, and a brute-force cross-check."""
 
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from hyperlab.analysis import closest_paper_result, knee, non_dominated_ranks, pareto_front, paper_table
+from hyperlab.analysis import closest_paper_result, knee, non_dominated_ranks, paper_table, pareto_front
 from hyperlab.errors import UserError
 
 MIN2 = {"a": "min", "b": "min"}
@@ -83,17 +82,15 @@ def test_ranks_match_brute_force(m):
         np.testing.assert_array_equal(non_dominated_ranks(points), brute_ranks(points))
 
 
-def test_hundred_thousand_points_rank_fast():
+def test_hundred_thousand_points_rank():
+    """The size benchmarks/pareto_speed.py times; here only the front."""
     points = np.random.default_rng(0).random((100_000, 2))
-    start = time.perf_counter()
     ranks = non_dominated_ranks(points)
-    elapsed = time.perf_counter() - start
     front = points[ranks == 1]
     # every front point is undominated: checked against all points, in chunks
     for chunk in np.array_split(front, max(1, len(front) // 50)):
         dominated = ((points[None] <= chunk[:, None]).all(2) & (points[None] < chunk[:, None]).any(2)).any(1)
         assert not dominated.any()
-    assert elapsed < 1.5, f"ranking 100,000 points took {elapsed:.2f} s"  # about 0.1 s on an idle core
 
 
 def test_knee_uses_log_parameter_counts():

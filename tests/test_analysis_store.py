@@ -1,99 +1,39 @@
-"""Reading searches from MLflow; also the helpers that write stores in hyperlab's layout (the
-other analysis tests import them)."""
+"""Reading searches from MLflow: hyperlab's reader against MLflow's own client, deleted and running runs,
+unknown names, schemas it was not tested on, files that are no store."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import time
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param
 
-from hyperlab.analysis import load_search, load_search_meta
 from hyperlab.errors import UserError
-from hyperlab.tracking import layout, read
+from hyperlab.tracking import layout, load_search, load_search_meta, mlflow_sql, read
 
-
-def log_search(client: mlflow.MlflowClient, name: str, objectives: dict[str, str], trials: list[dict],
-               parent_tags: dict[str, str] | None = None) -> str:
-    """Log a search: one experiment named ``name``, a parent run, and one child run per trial.
-
-    A trial is {"params": {...}, "metrics": {...}, "fidelity": "complete"|"partial"|"failed"};
-    the optuna trial number is its position. Returns the parent run id.
-    """
-    experiment = client.create_experiment(name)
-    tags = {layout.TAG_SEARCH: name, layout.TAG_ROLE: layout.ROLE_SEARCH,
-            layout.TAG_OBJECTIVES: json.dumps(objectives), **(parent_tags or {})}
-    parent = client.create_run(experiment, tags=tags).info.run_id
-    for number, trial in enumerate(trials):
-        fidelity = trial.get("fidelity", layout.COMPLETE)
-        run = client.create_run(experiment, tags={
-            layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_PARENT: parent, layout.TAG_SEARCH: name,
-            layout.TAG_FIDELITY: fidelity, layout.TAG_OPTUNA_TRIAL: str(number)}).info.run_id
-        now = int(time.time() * 1000)
-        client.log_batch(run, metrics=[Metric(k, float(v), now, 1) for k, v in trial.get("metrics", {}).items()],
-                         params=[Param(k, str(v)) for k, v in trial.get("params", {}).items()])
-        client.set_terminated(run, layout.STATUS_OF_FIDELITY[fidelity])
-    client.set_terminated(parent, "FINISHED")
-    return parent
-
-
-def client_for(tmp_path) -> tuple[mlflow.MlflowClient, str]:
-    """A client on a fresh sqlite store in ``tmp_path`` and its tracking URI."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    return mlflow.MlflowClient(tracking_uri=uri), uri
-
-
-
-OBJECTIVES = {"model/n_params": "min", "val/bpc": "min"}
-
-
-def example_trials(seed: int, n: int) -> list[dict]:
-    """n trials of a HyperLSTM-like search: int, float, bool and str params (one conditional),
-    a quarter of them partial or failed."""
-    rng = np.random.default_rng(seed)
-    trials = []
-    for i in range(n):
-        hidden, n_z = int(rng.choice([64, 128, 256])), int(rng.integers(2, 17))
-        params = {"model.hidden_size": hidden, "model.n_z": n_z, "optim.lr": float(rng.uniform(1e-4, 1e-2)),
-                  "model.layer_norm": bool(i % 2), "model.kind": "hyperlstm", "data.dataset": "ptb"}
-        if i % 3 == 0:
-            params["model.hyper_size"] = 32  # present in some trials only
-        fidelity = "complete" if i % 4 else ("partial" if i % 8 else "failed")
-        metrics = {"model/n_params": 4 * hidden * hidden + 1000 * n_z,
-                   "val/bpc": 2.5 - np.log(hidden) / 5 + float(rng.normal(0, 0.05))}
-        trials.append({"params": params, "metrics": metrics, "fidelity": fidelity})
-    return trials
-
-
-_SHARED: dict[str, tuple] = {}
-
-
-def shared_store(tmp_path_factory) -> tuple[mlflow.MlflowClient, str]:
-    """One store for every analysis test module (building a sqlite schema takes seconds): searches
-    alpha (24 trials) and beta (16), same space hash; gamma (3 trials, the first one deleted, and
-    a fourth still running without metrics)."""
-    if "store" not in _SHARED:
-        client, uri = client_for(tmp_path_factory.mktemp("store"))
-        log_search(client, "alpha", OBJECTIVES, example_trials(0, 24), parent_tags={"hyperlab.space_hash": "h1"})
-        log_search(client, "beta", OBJECTIVES, example_trials(1, 16), parent_tags={"hyperlab.space_hash": "h1"})
-        log_search(client, "gamma", OBJECTIVES, example_trials(2, 3))
-        client.delete_run(load_search("gamma", uri)["run_id"].iloc[0])  # optuna trial 0
-        experiment = client.get_experiment_by_name("gamma").experiment_id
-        parent = load_search_meta("gamma", uri).parent_run_id
-        client.create_run(experiment, tags={layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_PARENT: parent,
-                                            layout.TAG_OPTUNA_TRIAL: "3"})  # still running: no fidelity tag
-        _SHARED["store"] = client, uri
-    return _SHARED["store"]
+from conftest import OBJECTIVES, REPO, example_trials, shared_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return shared_store(tmp_path_factory)
+
+
+def client_trials(name: str, uri: str) -> pd.DataFrame:
+    """The trial runs of a search as MLflow's own client returns them, in the reader's columns."""
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name).experiment_id
+    runs = client.search_runs([experiment], f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_TRIAL}'", max_results=50_000)
+    rows = [{"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+             "end_time": r.info.end_time, **{f"params.{k}": v for k, v in r.data.params.items()},
+             **{f"metrics.{k}": float(v) for k, v in r.data.metrics.items()},
+             **{f"tags.{k}": v for k, v in r.data.tags.items()}} for r in runs]
+    frame = pd.DataFrame(rows)
+    for col in ("start_time", "end_time"):
+        frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
+    return frame.sort_values("run_id").reset_index(drop=True)
 
 
 def test_load_search_casts_params_and_metrics(store):
@@ -119,14 +59,14 @@ def test_load_search_casts_params_and_metrics(store):
 def test_sqlite_reader_equals_mlflow_client(store, name):
     _, uri = store
     fast = read.read_trials(name, uri).sort_values("run_id").reset_index(drop=True)
-    slow = read.read_trials_with_client(name, uri).sort_values("run_id").reset_index(drop=True)
+    slow = client_trials(name, uri)
     assert sorted(fast.columns) == sorted(slow.columns)
     pd.testing.assert_frame_equal(fast[sorted(fast.columns)], slow[sorted(fast.columns)], check_dtype=False)
 
 
 def test_deleted_runs_are_left_out_and_running_ones_kept(store):
     _, uri = store
-    assert len(read.read_trials_with_client("gamma", uri)) == 3
+    assert len(client_trials("gamma", uri)) == 3 and len(read.read_trials("gamma", uri)) == 3
     gamma = load_search("gamma", uri)
     assert gamma["optuna_trial"].tolist() == [1, 2, 3]
     assert gamma["fidelity"].tolist() == ["complete", "complete", "running"]
@@ -150,34 +90,42 @@ def test_unknown_search_lists_known_names(store):
         load_search_meta("delta", uri)
 
 
-def test_unknown_sqlite_schema_falls_back_to_the_client(store, monkeypatch):
+def test_a_schema_not_tested_is_read_through_the_client(store, monkeypatch):
     _, uri = store
     fast = load_search("alpha", uri)
-
-    def unknown_schema(*args):
-        raise sqlite3.OperationalError("no such table: latest_metrics")
-
-    monkeypatch.setattr(read, "_sqlite_runs", unknown_schema)
+    monkeypatch.setattr(mlflow_sql, "TESTED_SCHEMAS", frozenset())
+    assert mlflow_sql.runs_with_tag(read.sqlite_path(uri), "alpha", layout.TAG_ROLE, layout.ROLE_TRIAL) is None
     assert read.list_searches(uri) == ["alpha", "beta", "gamma"]
     slow = load_search("alpha", uri)
     pd.testing.assert_frame_equal(fast, slow[fast.columns], check_dtype=False)
 
 
-@pytest.mark.slow
-def test_ten_thousand_runs_load_fast_and_equal_the_client(tmp_path):
-    import importlib.util
-    import time
-    from pathlib import Path
+@pytest.mark.parametrize("content", [b"", b"not a database at all" * 100, b"SQLite format 3\x00" + b"\x01" * 4000])
+def test_a_file_that_is_no_mlflow_store_is_one_clear_error(tmp_path, content):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(content)
+    with pytest.raises(UserError, match=r"mlflow\.db is not (a readable )?an? MLflow store|is not a readable MLflow store"):
+        read.list_searches(f"sqlite:///{db}")
 
-    path = Path(__file__).parents[1] / "benchmarks" / "pareto_speed.py"
-    spec = importlib.util.spec_from_file_location("pareto_speed", path)
+
+def test_a_sqlite_file_of_another_program_is_no_store(tmp_path):
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(UserError, match="is not an MLflow store"):
+        load_search("alpha", f"sqlite:///{db}")
+
+
+@pytest.mark.slow
+def test_ten_thousand_runs_equal_the_client(tmp_path):
+    """The benchmark's store (benchmarks/pareto_speed.py times both readers on it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pareto_speed", REPO / "benchmarks" / "pareto_speed.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     uri = bench.build_store(tmp_path / "mlflow.db", 10_000)
-    start = time.perf_counter()
-    fast = read.read_trials(bench.NAME, uri)
-    elapsed = time.perf_counter() - start
-    slow = read.read_trials_with_client(bench.NAME, uri)
-    assert len(fast) == len(slow) == 10_000 and elapsed < 3.0
-    fast, slow = (df.sort_values("run_id").reset_index(drop=True) for df in (fast, slow))
+    fast = read.read_trials(bench.NAME, uri).sort_values("run_id").reset_index(drop=True)
+    slow = client_trials(bench.NAME, uri)
+    assert len(fast) == len(slow) == 10_000
     pd.testing.assert_frame_equal(fast, slow[fast.columns], check_dtype=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hyperlab.analysis.pareto import LOG_SCALE, knee, on_front, pareto_front
-from hyperlab.tracking.layout import COMPLETE, FAILED, PARTIAL
+from hyperlab.analysis.pareto import knee, on_front, pareto_front
+from hyperlab.metrics import COMPLETE, FAILED, LOG_SCALE, PARTIAL
 
 # kind -> (matplotlib style, plotly marker); one look per kind of point in both outputs
 _STYLE = {
@@ -145,4 +145,4 @@ def _html(path, x, y, title, groups, lines, knee_row, paper) -> None:
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white")
     if x in LOG_SCALE:
         fig.update_xaxes(type="log")
-    fig.write_html(str(path), include_plotlyjs="cdn")
+    fig.write_html(str(path), include_plotlyjs=True)

@@ -15,12 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from hyperlab.analysis.pareto import LOG_SCALE, scaled_matrix
+from hyperlab.analysis.pareto import scaled_matrix
 from hyperlab.errors import UserError
-from hyperlab.tracking.layout import COMPLETE
-
-NATURAL_WORST = {"val/acc": 0.0, "test/acc": 0.0}
-"""Worst possible values of bounded metrics: a search's reference can be fixed before any trial."""
+from hyperlab.metrics import COMPLETE, LOG_SCALE, NATURAL_WORST
 
 
 def hypervolume(points, reference, directions: Sequence[str]) -> float:

@@ -69,17 +69,10 @@ PAPER_TABLES: dict[str, list[PaperResult]] = {
         PaperResult("convnet, ordinary conv2", 21_210, "model/compression_ratio", 1.0),
         PaperResult("convnet, generated conv2 Nz=4", 12_910, "model/compression_ratio", 4_244 / 12_544),
     ],
-    "iam-ondb": [
-        PaperResult("LSTM 900", 3.36e6, "val/loss", -1055),
-        PaperResult("LN-LSTM 900", 3.37e6, "val/loss", -1096),
-        PaperResult("LN HyperLSTM 900", 3.95e6, "val/loss", -1067),
-        PaperResult("HyperLSTM 900", 3.94e6, "val/loss", -1162),
-    ],
 }
 """Paper results by dataset name (the names :mod:`hyperlab.data` uses)."""
 
-_ALIASES = {"char-ptb": "ptb", "ptb-char": "ptb", "penn-treebank": "ptb", "cifar-10": "cifar10",
-            "iam": "iam-ondb", "iam_ondb": "iam-ondb"}
+_ALIASES = {"char-ptb": "ptb", "ptb-char": "ptb", "penn-treebank": "ptb", "cifar-10": "cifar10"}
 DATASET_KEYS = ("data.dataset", "data.name", "dataset", "task")
 """Param (or parent-tag) keys, in order, that may name a search's dataset."""
 

@@ -13,10 +13,7 @@ import numpy as np
 import pandas as pd
 
 from hyperlab.errors import UserError
-from hyperlab.tracking.layout import COMPLETE
-
-LOG_SCALE = frozenset({"model/n_params"})
-"""Metrics read on a log scale (parameter counts span orders of magnitude)."""
+from hyperlab.metrics import COMPLETE, LOG_SCALE
 
 _BLOCK = 512  # rows per block of the (block, n, m) dominance test: bounds memory at block*n*m bytes
 
@@ -104,9 +101,10 @@ def on_front(ranks: pd.Series) -> np.ndarray:
     return ranks.eq(1).fillna(False).to_numpy(dtype=bool)
 
 
-def front_of(df: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFrame:
-    """The rank-1 rows of ``df`` (complete trials only), sorted by the first objective."""
-    front = df[on_front(pareto_front(df, objectives))]
+def front_of(df: pd.DataFrame, objectives: dict[str, str], ranks: pd.Series | None = None) -> pd.DataFrame:
+    """The rank-1 rows of ``df`` (complete trials only), sorted by the first objective (``ranks``: its
+    :func:`pareto_front`, if the caller has it already)."""
+    front = df[on_front(pareto_front(df, objectives) if ranks is None else ranks)]
     return front.sort_values(list(objectives), ascending=[d == "min" for d in objectives.values()])
 
 

@@ -10,18 +10,16 @@ import pandas as pd
 from hyperlab.analysis.figures import tradeoff_figure
 from hyperlab.analysis.hypervolume import search_hypervolume, search_reference
 from hyperlab.analysis.pareto import front_of, knee
-from hyperlab.tracking import layout
 
-FRONT_CSV = Path(layout.FRONT_TABLE_ARTIFACT).name
-FRONT_PARQUET = Path(layout.FRONT_PARQUET_ARTIFACT).name
-TRADEOFF_PNG = Path(layout.TRADEOFF_PNG_ARTIFACT).name
-TRADEOFF_HTML = Path(layout.TRADEOFF_HTML_ARTIFACT).name
+FRONT_CSV, FRONT_PARQUET = "front.csv", "front.parquet"
+TRADEOFF_PNG, TRADEOFF_HTML = "tradeoff.png", "tradeoff.html"
+REPORT_FILES = (FRONT_CSV, FRONT_PARQUET, TRADEOFF_PNG, TRADEOFF_HTML)
 
 
-def front_table(df: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFrame:
+def front_table(df: pd.DataFrame, objectives: dict[str, str], ranks: pd.Series | None = None) -> pd.DataFrame:
     """The front (rank-1 complete trials) sorted by the first objective, with a boolean ``knee``
-    column when there are two objectives."""
-    front = front_of(df, objectives)
+    column when there are two objectives (``ranks``: ``df``'s :func:`pareto_front`, if known)."""
+    front = front_of(df, objectives, ranks)
     front.insert(0, "knee", False)
     if len(objectives) == 2 and not front.empty:
         front.loc[knee(front, objectives), "knee"] = True
@@ -38,7 +36,7 @@ def write_front(front: pd.DataFrame, path) -> Path:
     elif path.suffix == ".csv":
         front.to_csv(path, index=False)
     else:
-        raise UserError(f"--out {path}: expected a .parquet or .csv file name, got {path.suffix or 'no'} extension")
+        raise UserError(f"{path}: expected a .parquet or .csv file name, got {path.suffix or 'no'} extension")
     return path
 
 
