@@ -384,7 +384,7 @@ def test_a_stopped_search_survives_a_server_outage_and_resumes_from_another_fold
     from hyperlab.tracking import layout
 
     space = space_file(tmp_path, trials=4, concurrency=2, budget=None,
-                       fixed={**TINY["fixed"], "schedule": {"steps": 3000, "eval_every": 300, "eval_batches": 2,
+                       fixed={**TINY["fixed"], "schedule": {"steps": 15000, "eval_every": 1500, "eval_batches": 2,
                                                             "test": False}})  # trials outlast the outage
     optuna_db = Path(env["HYPERLAB_ROOT"]) / "optuna-c.db"
     out = hyperlab(env, tmp_path, "search", str(space), "--name", "stopped", "--address", cluster.jobs, "--detach",
@@ -403,8 +403,9 @@ def test_a_stopped_search_survives_a_server_outage_and_resumes_from_another_fold
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("stopped").experiment_id
     [parent] = client.search_runs([experiment], f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_SEARCH}'")
-    assert parent.info.status == "KILLED"
-    assert not [r for r in trial_runs(mlflow_server.uri, "stopped") if r.info.status == "RUNNING"]
+    log = hyperlab(env, tmp_path, "logs", "stopped", "--tracking-uri", mlflow_server.uri).stdout
+    assert parent.info.status == "KILLED", log
+    assert not [r for r in trial_runs(mlflow_server.uri, "stopped") if r.info.status == "RUNNING"], log
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -415,7 +416,7 @@ def test_a_stopped_search_survives_a_server_outage_and_resumes_from_another_fold
     assert len(numbers) == len(set(numbers)) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:  # nothing lost to the outage or the stop: every evaluation logged, once
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/bpc")]
-        assert steps == list(range(300, 3001, 300)), steps
+        assert steps == list(range(1500, 15001, 1500)), steps
 
 
 def test_storage_that_a_node_cannot_reach_is_refused_before_any_trial(env, tmp_path):

@@ -9,6 +9,7 @@ user runs it; Ctrl-C is SIGINT to the driver's whole process group, as a termina
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,6 +79,18 @@ def _wait_for(driver: subprocess.Popen, folder: Path, condition, timeout: float 
     pytest.fail(f"the search never reached the moment (exit {driver.poll()}):\n" + (folder / "search.log").read_text())
 
 
+def _threads_taking_sigterm(pid: int) -> list[str]:
+    """The driver's threads (native ones too) that do not block SIGTERM: a signal the kernel hands any but
+    the waiting one goes to Python's handler, which runs only when the main thread next runs Python."""
+    taking = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if ":" in line)
+            if not int(status["SigBlk"], 16) & (1 << (signal.SIGTERM - 1)):
+                taking.append(f"{task.name} ({status['Name'].strip()})")
+    return taking
+
+
 def _kill_group(pid: int, signum=signal.SIGKILL) -> None:
     try:
         os.killpg(pid, signum)
@@ -139,6 +152,8 @@ def test_an_interrupted_search_resumes_to_exactly_the_uninterrupted_one(moment, 
     try:
         _wait_for(driver, tmp_path, MOMENTS[moment])
         signals, expected_code = WAYS[way]
+        if way == "SIGTERM":  # one thread takes it: the one in sigwait (which unblocks it while it waits)
+            assert len(_threads_taking_sigterm(driver.pid)) == 1, _threads_taking_sigterm(driver.pid)
         if signals == [signal.SIGKILL]:
             os.kill(driver.pid, signal.SIGKILL)  # the driver alone dies, at once: no cleanup, no final snapshot
         else:

@@ -14,6 +14,7 @@ import pytest
 import ray
 import yaml
 
+from hyperlab.search import searcher as searcher_module
 from hyperlab.search.searcher import COMPLETE_KEY, N_PARAMS_KEY, OPTUNA_TRIAL_KEY, StudySearcher, create_study
 from hyperlab.search.space import Resources, load_search_space
 from hyperlab.training import parameter_count
@@ -72,6 +73,31 @@ def test_a_trial_told_already_is_left_as_it_is(tmp_path):
     search.on_trial_complete("a2", {"model/n_params": 1.0, "val/bpc": 3.0, COMPLETE_KEY: 1})
     search.wait_for_tells()
     assert search.study.trials[config[OPTUNA_TRIAL_KEY]].values == [1.0, 2.0]
+
+
+def test_after_sigterm_the_study_takes_no_more_tells_and_the_trial_is_adopted_on_resume(tmp_path):
+    """A SIGTERM'd driver's Tune loop runs on while the record closes: a trial that ends then must not be
+    told (its end no longer reaches MLflow), so the resumed search adopts it and reports its end there."""
+    search, _, _ = searcher(tmp_path)
+    ended, going = search.suggest("ended"), search.suggest("going")
+    search.on_trial_complete("ended", {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
+    search.wait_for_tells()
+    try:
+        searcher_module.seal_studies()
+        search.on_trial_complete("going", {"model/n_params": 3.0, "val/bpc": 4.0, COMPLETE_KEY: 1})
+        search.wait_for_tells()
+        asked_ahead = search.suggest("next")  # asked before the seal: handed to Tune, not recorded as such
+        search.wait_for_tells()
+        assert search.suggest("after") == "FINISHED"  # nothing more is asked
+    finally:
+        searcher_module._SEALED.clear()
+    trials = {t.number: t for t in search.study.trials}
+    assert trials[ended[OPTUNA_TRIAL_KEY]].state.name == "COMPLETE" and trials[going[OPTUNA_TRIAL_KEY]].state.name == "RUNNING"
+    assert "ray_trial_id" not in trials[asked_ahead[OPTUNA_TRIAL_KEY]].user_attrs
+    assert len(trials) == asked_ahead[OPTUNA_TRIAL_KEY] + 1
+    resumed = StudySearcher(search._space, search._base_config, study_name="unit", optuna_storage=search._url)
+    resumed._numbers = {"ended": ended[OPTUNA_TRIAL_KEY]}  # Tune's snapshot knew the first trial only
+    assert resumed.orphans() == [going[OPTUNA_TRIAL_KEY], asked_ahead[OPTUNA_TRIAL_KEY]]
 
 
 def test_suggestions_made_after_the_last_snapshot_are_adopted_not_asked_again(tmp_path):

@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(getattr(args, "verbose", False))
     module, func, _ = COMMANDS[args.command]
+    if args.command in ("search", "resume"):  # before the command's imports start threads (see the module)
+        from hyperlab.search.sigterm import end_cleanly_on_sigterm
+
+        end_cleanly_on_sigterm()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return getattr(importlib.import_module(module), func)(args) or 0

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +39,7 @@ from hyperlab.search.searcher import (
     tell_ended,
     wait_for_tells,
 )
+from hyperlab.search.sigterm import ON_TERMINATE, end_cleanly_on_sigterm, unless_terminating
 from hyperlab.search.space import SearchSpace, dump, size_range
 from hyperlab.search.trainable import train_trial
 from hyperlab.tracking import layout
@@ -91,7 +89,7 @@ def run_search(home: SearchHome, space: SearchSpace, base_config, space_text: st
                progress: bool = True, trainable=None) -> Outcome:
     """Run (or resume) a search to its end or until it is interrupted. ``trainable`` replaces the
     training of each trial (``benchmarks/search_overhead.py`` times the driver with a null one)."""
-    _end_cleanly_on_sigterm()  # before Ray starts its threads: they inherit SIGTERM blocked
+    end_cleanly_on_sigterm()  # the command line did it first; here for callers from Python
     cluster.connect(home.address, home.num_cpus, home.num_gpus)
     smallest, _, largest = size_range(space, base_config, home.data_dir)
     cluster.check_resources(space.resources.for_params(largest), space.resources.for_params(smallest))
@@ -134,7 +132,11 @@ def _run(home: SearchHome, space: SearchSpace, base_config, space_text: str, res
     recorder = SearchRecorder(home.tracking_uri, home.name, space.objectives, space.trials, home.experiment_path,
                               bounds)
     RECORDERS[home.name] = recorder
-    ON_TERMINATE.insert(0, lambda: recorder.finish(complete=False))
+
+    def close_record():
+        recorder.finish(complete=False)
+
+    ON_TERMINATE[:0] = [seal_studies, close_record]  # the study first: a trial told now would miss its MLflow end
     try:
         recorder.start(tags={layout.TAG_NOTE: description(home, space, base_config),
                              layout.TAG_CODE_VERSION: code_version(), layout.TAG_SPACE_HASH: space.space_hash(),
@@ -159,20 +161,21 @@ def _run(home: SearchHome, space: SearchSpace, base_config, space_text: str, res
             tuner.fit()
         except BaseException:
             with _signals_held():  # the record is closed even if Ctrl-C comes again
-                _unless_terminating()
+                unless_terminating()
                 recorder.finish(complete=False)
             raise
         with _signals_held():
-            _unless_terminating()  # a SIGTERM that also stopped Ray's processes ends fit: the search is KILLED
+            unless_terminating()  # a SIGTERM that also stopped Ray's processes ends fit: the search is KILLED
             wait_for_tells(home.name)  # Optuna's record complete before the search's end is
             tell_ended(home.name, home.optuna_storage, space.objectives, recorder.ended_before)  # ends a kill cut off
             complete = recorder.all_ended and all_trials_ended(home.name, home.optuna_storage, space.trials)
-            _unless_terminating()
+            unless_terminating()
             recorder.finish(complete)
         return Outcome(complete=complete, errors=recorder.errors)
     finally:
         RECORDERS.pop(home.name, None)
-        del ON_TERMINATE[0]
+        ON_TERMINATE.remove(seal_studies)
+        ON_TERMINATE.remove(close_record)
 
 
 def description(home: SearchHome, space: SearchSpace, base_config) -> str:
@@ -205,48 +208,6 @@ def build_kernels_first(space: SearchSpace, base_config) -> None:
     built = build_cpu_kernels()
     print(f"  {'built' if built else 'not built (trials use the PyTorch code)'} in "
           f"{time.monotonic() - started:.0f} s", flush=True)
-
-
-ON_TERMINATE: list = []  # what a SIGTERM runs before the driver exits: close the record, release the lease
-
-
-def _end_cleanly_on_sigterm() -> None:
-    """SIGTERM (``kill``, ``ray job stop``, a scheduler's stop) ends the search KILLED and resumable, and
-    the driver with exit code 143, even when the signal reached Ray's own processes too and the driver's
-    main thread is stuck in a call to them: SIGTERM is blocked in every thread but one that waits for it
-    (``sigwait``), closes the record and exits."""
-    if threading.current_thread() is not threading.main_thread() or _SIGTERM_WATCHER:
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-
-    def wait_for_sigterm():
-        signal.sigwait({signal.SIGTERM})
-        TERMINATING.set()
-        seal_studies()  # first: a trial told now would miss its end in MLflow, whose record closes next
-        print("hyperlab: terminated; the search ends KILLED (`hyperlab resume` continues it)", file=sys.stderr)
-        for cleanup in list(ON_TERMINATE):
-            try:
-                cleanup()
-            except Exception:  # noqa: BLE001 - exiting anyway; what could be closed was
-                pass
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(143)
-
-    _SIGTERM_WATCHER.append(threading.Thread(target=wait_for_sigterm, name="hyperlab-sigterm", daemon=True))
-    _SIGTERM_WATCHER[0].start()
-
-
-_SIGTERM_WATCHER: list = []
-TERMINATING = threading.Event()  # set when SIGTERM has come: its thread closes the record, KILLED, and exits
-
-
-def _unless_terminating() -> None:
-    """Once SIGTERM has come the record is its thread's to close (KILLED, open trial runs closed), not the
-    main thread's: Tune's ``fit`` may return because the signal stopped Ray's processes too, and a close
-    made from there would be taken for the search's end. The main thread waits for the exit."""
-    if TERMINATING.is_set():
-        threading.Event().wait()
 
 
 @contextlib.contextmanager

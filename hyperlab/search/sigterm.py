@@ -1,0 +1,57 @@
+"""SIGTERM (``kill``, ``ray job stop``, a scheduler's stop) ends a search KILLED and resumable, and the
+driver with exit code 143, even when the signal reached Ray's own processes too and the driver's main
+thread is stuck in a call to them: SIGTERM is blocked in every thread but one that waits for it
+(``sigwait``), runs ``ON_TERMINATE`` and exits.
+
+The block is set by the command line before anything starts a thread (importing torch or pyarrow does):
+a thread started earlier would take the signal to Python's handler in the main thread instead, which
+runs only between the main thread's bytecodes. Standard library only, so that importing it starts none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+ON_TERMINATE: list = []
+"""What a SIGTERM runs, in order, before the driver exits: seal the study, close the record, release the lease."""
+TERMINATING = threading.Event()
+"""Set when SIGTERM has come: its thread closes the record, KILLED, and exits."""
+_WATCHER: list[threading.Thread] = []
+
+
+def end_cleanly_on_sigterm() -> None:
+    """Block SIGTERM in this thread (the main one, before any other starts: they inherit the block) and
+    start the one thread that waits for it."""
+    if threading.current_thread() is not threading.main_thread() or _WATCHER:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    _WATCHER.append(threading.Thread(target=_wait_for_sigterm, name="hyperlab-sigterm", daemon=True))
+    _WATCHER[0].start()
+
+
+def _wait_for_sigterm() -> None:
+    signal.sigwait({signal.SIGTERM})
+    TERMINATING.set()
+    if ON_TERMINATE:
+        print("hyperlab: terminated; the search ends KILLED (`hyperlab resume` continues it)", file=sys.stderr)
+    else:
+        print("hyperlab: terminated", file=sys.stderr)
+    for cleanup in list(ON_TERMINATE):
+        try:
+            cleanup()
+        except Exception:  # noqa: BLE001 - exiting anyway; what could be closed was
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(143)
+
+
+def unless_terminating() -> None:
+    """Once SIGTERM has come the record is its thread's to close (KILLED, open trial runs closed), not the
+    main thread's: Tune's ``fit`` may return because the signal stopped Ray's processes too, and a close
+    made from there would be taken for the search's end. The main thread waits for the exit."""
+    if TERMINATING.is_set():
+        threading.Event().wait()
