@@ -203,6 +203,9 @@ def test_a_search_name_with_odd_characters(tmp_path, monkeypatch, capsys):
     assert main(["search", str(REPO / "tests" / "data" / "tiny_search.yaml"), "--name", "../escape"]) == 2
     assert "--name '../escape': use up to 100 letters" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    # a search blocks SIGTERM while it runs (one thread waits for it); run in this process, it must not leave
+    # the block behind, or every process started from here afterwards would inherit it and ignore SIGTERM
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 # ---- `hyperlab train` interrupted ----------------------------------------------------------------------------

@@ -158,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(getattr(args, "verbose", False))
     module, func, _ = COMMANDS[args.command]
     if args.command in ("search", "resume"):  # before the command's imports start threads (see the module)
-        from hyperlab.search.sigterm import end_cleanly_on_sigterm
+        from hyperlab.search.sigterm import sigterm_ends_cleanly
 
-        end_cleanly_on_sigterm()
+        with sigterm_ends_cleanly():
+            return _run(args, module, func)
+    return _run(args, module, func)
+
+
+def _run(args: argparse.Namespace, module: str, func: str) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return getattr(importlib.import_module(module), func)(args) or 0

@@ -39,7 +39,7 @@ from hyperlab.search.searcher import (
     tell_ended,
     wait_for_tells,
 )
-from hyperlab.search.sigterm import ON_TERMINATE, end_cleanly_on_sigterm, unless_terminating
+from hyperlab.search.sigterm import ON_TERMINATE, sigterm_ends_cleanly, unless_terminating
 from hyperlab.search.space import SearchSpace, dump, size_range
 from hyperlab.search.trainable import train_trial
 from hyperlab.tracking import layout
@@ -89,7 +89,12 @@ def run_search(home: SearchHome, space: SearchSpace, base_config, space_text: st
                progress: bool = True, trainable=None) -> Outcome:
     """Run (or resume) a search to its end or until it is interrupted. ``trainable`` replaces the
     training of each trial (``benchmarks/search_overhead.py`` times the driver with a null one)."""
-    end_cleanly_on_sigterm()  # the command line did it first; here for callers from Python
+    with sigterm_ends_cleanly():  # the command line did it first; here for callers from Python
+        return _run_search(home, space, base_config, space_text, resume, progress, trainable)
+
+
+def _run_search(home: SearchHome, space: SearchSpace, base_config, space_text: str, resume: bool, progress: bool,
+                trainable) -> Outcome:
     cluster.connect(home.address, home.num_cpus, home.num_gpus)
     smallest, _, largest = size_range(space, base_config, home.data_dir)
     cluster.check_resources(space.resources.for_params(largest), space.resources.for_params(smallest))

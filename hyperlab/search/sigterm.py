@@ -10,6 +10,7 @@ runs only between the main thread's bytecodes. Standard library only, so that im
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -22,14 +23,24 @@ TERMINATING = threading.Event()
 _WATCHER: list[threading.Thread] = []
 
 
-def end_cleanly_on_sigterm() -> None:
-    """Block SIGTERM in this thread (the main one, before any other starts: they inherit the block) and
-    start the one thread that waits for it."""
-    if threading.current_thread() is not threading.main_thread() or _WATCHER:
+@contextlib.contextmanager
+def sigterm_ends_cleanly():
+    """For the block: SIGTERM blocked in this thread (the main one, before any other starts: they inherit
+    the block), and the one thread that waits for it started. The main thread's mask is restored after it:
+    a caller that runs a command in its own process (a test) and then starts processes of its own must not
+    hand them a blocked SIGTERM, which they would inherit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    _WATCHER.append(threading.Thread(target=_wait_for_sigterm, name="hyperlab-sigterm", daemon=True))
-    _WATCHER[0].start()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    if not _WATCHER:
+        _WATCHER.append(threading.Thread(target=_wait_for_sigterm, name="hyperlab-sigterm", daemon=True))
+        _WATCHER[0].start()
+    try:
+        yield
+    finally:
+        if signal.SIGTERM not in before:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _wait_for_sigterm() -> None:
