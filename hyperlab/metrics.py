@@ -17,16 +17,18 @@ METRICS: dict[str, Direction] = {
     "val/bpc": "min",                  # validation bits per character
     "test/bpc": "min",
     "val/loss": "min",
+    "val/nll": "min",                  # handwriting: nats per validation line (the paper's log-loss)
+    "val/nll_per_point": "min",        # handwriting: nats per predicted pen point
     "val/acc": "max",                  # validation accuracy in [0, 1]
     "test/acc": "max",
     "test/loss": "min",
-    "throughput": "max",               # tokens (char models) or images per second
+    "throughput": "max",               # tokens (char models), images or pen points per second
     "time/elapsed": "min",             # seconds since the run started
 }
 
 OBJECTIVE_METRICS = (
     "model/n_params", "model/compression_ratio",
-    "val/bpc", "test/bpc", "val/loss", "val/acc", "test/acc", "test/loss",
+    "val/bpc", "test/bpc", "val/loss", "val/acc", "test/acc", "test/loss", "val/nll", "val/nll_per_point",
 )
 """Metrics a search may optimise."""
 
@@ -34,6 +36,7 @@ OBJECTIVE_METRICS = (
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "charlm": ("model/n_params", "model/compression_ratio", "val/bpc", "test/bpc"),
     "classify": ("model/n_params", "model/compression_ratio", "val/acc", "val/loss", "test/acc", "test/loss"),
+    "handwriting": ("model/n_params", "val/nll", "val/nll_per_point"),
 }
 """Objectives each task's training reports (``test/*`` only with ``schedule.test``;
 ``model/compression_ratio`` only for models with a static hypernetwork)."""

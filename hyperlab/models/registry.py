@@ -11,14 +11,16 @@ from torch import nn
 from hyperlab.models.char_rnn import CharRNNConfig
 from hyperlab.models.config import DataShape, ModelConfig
 from hyperlab.models.convnets import MnistConvNetConfig, WideResNetConfig
+from hyperlab.models.handwriting import HandwritingRNNConfig
 
 MODELS: dict[str, type[ModelConfig]] = {
     "char_rnn": CharRNNConfig,
     "mnist_convnet": MnistConvNetConfig,
     "wide_resnet": WideResNetConfig,
+    "handwriting_rnn": HandwritingRNNConfig,
 }
 
-AnyModelConfig = Annotated[CharRNNConfig | MnistConvNetConfig | WideResNetConfig,
+AnyModelConfig = Annotated[CharRNNConfig | MnistConvNetConfig | WideResNetConfig | HandwritingRNNConfig,
                            pydantic.Field(discriminator="name")]
 """The ``model:`` section of a training config: one of the families, told apart by ``name``."""
 

@@ -18,6 +18,8 @@ from hyperlab.models.registry import MODELS, AnyModelConfig
 
 CHAR_DATASETS = ("ptb", "enwik8", "text8", "tinyshakespeare", "bundled")
 IMAGE_DATASETS = ("mnist", "cifar10", "cifar10_folder")
+STROKE_DATASETS = ("iam_ondb",)
+DATASETS = {"charlm": CHAR_DATASETS, "classify": IMAGE_DATASETS, "handwriting": STROKE_DATASETS}
 
 
 class DataSection(StrictModel):
@@ -26,7 +28,8 @@ class DataSection(StrictModel):
     dataset: str = pydantic.Field(min_length=1, max_length=4096)  # a known name (above) or a path
     batch_size: int = pydantic.Field(128, ge=1)
     seq_len: int = pydantic.Field(100, ge=1)     # charlm only: truncated-BPTT chunk length
-    augment: bool = True                         # classify only
+    augment: bool = True                         # classify: crops and flips; handwriting: ±10% scale
+    max_points: int | None = pydantic.Field(None, ge=2)  # handwriting only: training window; None = whole lines
 
 
 class OptimSection(StrictModel):
@@ -49,7 +52,7 @@ class ScheduleSection(StrictModel):
 class TrainConfig(StrictModel):
     """One training run: task, data, model, optimiser, schedule."""
 
-    task: Literal["charlm", "classify"]
+    task: Literal["charlm", "classify", "handwriting"]
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataSection
@@ -64,12 +67,14 @@ class TrainConfig(StrictModel):
                 type=PydanticCustomError("value_error", f"model {self.model.name!r} is trained by task "
                                          f"{self.model.task!r}, not {self.task!r}"),
                 loc=("model", "name"), input=self.model.name)])
-        wrong, wanted = ((IMAGE_DATASETS, CHAR_DATASETS) if self.task == "charlm"
-                         else (CHAR_DATASETS, IMAGE_DATASETS))
-        if self.data.dataset in wrong:
+        wanted = DATASETS[self.task]
+        other_tasks = {name for task, names in DATASETS.items() if task != self.task for name in names}
+        by_name_only = self.task == "handwriting"  # IAM-OnDB lives under the data directory, by its name
+        if self.data.dataset in other_tasks or (by_name_only and self.data.dataset not in wanted):
             raise ValidationError.from_exception_data("data", [InitErrorDetails(
                 type=PydanticCustomError("value_error", f"{self.data.dataset!r} is not a dataset for task "
-                                         f"{self.task!r}; expected one of {', '.join(wanted)} or a path"),
+                                         f"{self.task!r}; expected one of {', '.join(wanted)}"
+                                         f"{'' if by_name_only else ' or a path'}"),
                 loc=("data", "dataset"), input=self.data.dataset)])
         return self
 

@@ -75,6 +75,9 @@ def make_task(config: TrainConfig, data_dir: str | None, device: torch.device):
     if config.task == "charlm":
         from hyperlab.training.charlm import CharLMTask
         return CharLMTask(config, data_dir, device)
+    if config.task == "handwriting":
+        from hyperlab.training.handwriting import HandwritingTask
+        return HandwritingTask(config, data_dir, device)
     from hyperlab.training.classify import ClassifyTask
     return ClassifyTask(config, data_dir, device)
 

@@ -1,0 +1,116 @@
+"""The handwriting task in the training core, on generated pen lines in IAM-OnDB's file layout: the
+paper's log-loss against the model scored line by line, falling losses, exact resume, divergence, and
+the config's checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hyperlab.config_io import validate
+from hyperlab.data import strokes
+from hyperlab.errors import ConfigError
+from hyperlab.metrics import METRICS, TASK_METRICS
+from hyperlab.training import TrainConfig, checkpoint, fit, load_model
+from hyperlab.training.handwriting import HandwritingTask
+
+from test_models_handwriting import forms, line_xml
+
+pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
+
+
+def write_lines(root, n_train: int = 12, n_valid: int = 3, points: int = 320, seed: int = 0):
+    """Loops of a pen, as IAM-OnDB's ``lineStrokes/`` holds them: each line a few strokes of circles
+    with a random radius and speed (structure a small model learns), ``points`` points in all."""
+    rng = np.random.default_rng(seed)
+    folder = root / "iam-ondb" / "lineStrokes"
+    for form in forms(False, n_train) + forms(True, n_valid):
+        radius, speed = rng.uniform(20, 60), rng.uniform(0.2, 0.4)
+        t = np.arange(points)
+        x = (t * 3 + radius * np.cos(t * speed)).astype(int)
+        y = (radius * np.sin(t * speed)).astype(int)
+        cuts = np.sort(rng.choice(np.arange(40, points - 40), size=3, replace=False))
+        strokes_points = [list(zip(xs.tolist(), ys.tolist())) for xs, ys in zip(np.split(x, cuts), np.split(y, cuts))]
+        target = folder / form[:3] / form
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{form}-01.xml").write_text(line_xml(strokes_points))
+    return str(root)
+
+
+def hw_config(**overrides) -> TrainConfig:
+    base = {"task": "handwriting", "seed": 0, "device": "cpu",
+            "data": {"dataset": "iam_ondb", "batch_size": 4, "max_points": 120},
+            "model": {"name": "handwriting_rnn", "cell": "hyperlstm", "hidden_size": 24, "hyper_size": 8, "n_z": 4},
+            "optim": {"lr": 0.005, "clip": 1.0},
+            "schedule": {"steps": 12, "eval_every": 4, "test": False}}
+    return validate(TrainConfig, base).with_overrides(overrides)
+
+
+def test_the_log_loss_is_nats_per_line_of_the_model_scored_line_by_line(tmp_path):
+    data_dir = write_lines(tmp_path)
+    config = hw_config()
+    result = fit(config, workdir=tmp_path / "run", data_dir=data_dir)
+    model = load_model(tmp_path / "run" / "checkpoint-12", config, data_dir)
+    lines = strokes.load_strokes(data_dir).lines("valid")
+    assert len(lines) == 3
+    with torch.no_grad():  # each whole line alone: no padding, no batching
+        nll = [model.sequence_nll(torch.from_numpy(np.array(line))[None]).item() for line in lines]
+    assert result["val/nll"] == pytest.approx(np.mean(nll), rel=1e-5)
+    assert result["val/nll_per_point"] == pytest.approx(np.sum(nll) / sum(len(line) - 1 for line in lines), rel=1e-5)
+    assert {"val/nll", "val/nll_per_point"} <= set(TASK_METRICS["handwriting"]) <= set(METRICS)
+    assert METRICS["val/nll"] == "min"
+
+
+def test_loss_falls_and_resume_continues_exactly(tmp_path):
+    data_dir = write_lines(tmp_path)
+    config = hw_config(**{"schedule.steps": 24, "schedule.eval_every": 6})  # 3 batches an epoch: 8 epochs
+    straight, resumed = [], []
+    fit(config, lambda m, p: straight.append(m), workdir=tmp_path / "straight", data_dir=data_dir)
+
+    class Stop(Exception):
+        pass
+
+    def stop(metrics, path):
+        if metrics["step"] == 12:
+            raise Stop
+    with pytest.raises(Stop):
+        fit(config, stop, workdir=tmp_path / "cut", data_dir=data_dir)
+    fit(config, lambda m, p: resumed.append(m), workdir=tmp_path / "cut", data_dir=data_dir,
+        resume_from=tmp_path / "cut" / "checkpoint-12")
+
+    assert [m["step"] for m in straight] == [6, 12, 18, 24]
+    assert straight[-1]["val/nll"] < straight[0]["val/nll"] - 0.1 * abs(straight[0]["val/nll"])
+    assert straight[-1]["train/loss"] < straight[0]["train/loss"]
+    for key in ("train/loss", "val/nll", "val/nll_per_point"):
+        assert [m[key] for m in resumed] == [m[key] for m in straight]
+    a = checkpoint.load_model_state(tmp_path / "straight" / "checkpoint-24")
+    b = checkpoint.load_model_state(tmp_path / "cut" / "checkpoint-24")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_poisoned_batch_ends_the_run_as_diverged(tmp_path, monkeypatch):
+    data_dir = write_lines(tmp_path)
+    clean = HandwritingTask.train_loss
+
+    def poisoned(self, model, step):
+        loss, units = clean(self, model, step)
+        return (loss * float("nan") if step == 1 else loss), units
+    monkeypatch.setattr(HandwritingTask, "train_loss", poisoned)
+    result = fit(hw_config(), workdir=tmp_path / "run", data_dir=data_dir)
+    assert result["outcome"] == "diverged" and result["step"] == 4 and "val/nll" not in result
+    assert not math.isfinite(result["train/loss"]) and checkpoint.latest(tmp_path / "run") is None
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"data.dataset": "ptb"}, "data.dataset"),            # a char corpus
+    ({"data.dataset": "/some/folder"}, "data.dataset"),   # IAM-OnDB is found by name, under the data directory
+    ({"model.name": "char_rnn"}, "model."),               # a model another task trains
+    ({"data.max_points": 1}, "data.max_points"),
+])
+def test_configs_a_handwriting_run_cannot_train_are_refused(overrides, key):
+    with pytest.raises(ConfigError) as caught:
+        hw_config(**overrides)
+    assert len(caught.value.problems) == 1 and caught.value.problems[0][0].startswith(key)
