@@ -46,9 +46,10 @@ def test_size_model_equals_real_build():
 
 
 def test_only_trainable_families_are_registered():
-    assert set(MODELS) == {"char_rnn", "mnist_convnet", "wide_resnet"}
+    assert set(MODELS) == {"char_rnn", "mnist_convnet", "wide_resnet", "handwriting_rnn"}
     assert {name: family.task for name, family in MODELS.items()} == {
-        "char_rnn": "charlm", "mnist_convnet": "classify", "wide_resnet": "classify"}
+        "char_rnn": "charlm", "mnist_convnet": "classify", "wide_resnet": "classify",
+        "handwriting_rnn": "handwriting"}
 
 
 def _model_problems(model: dict, task: str = "charlm") -> list[tuple[str, str]]:

@@ -76,7 +76,7 @@ def test_flat_uses_dotted_keys():
     flat = validate(TrainConfig, BASE).flat()
     assert flat["model.n_z"] == 2 and flat["optim.lr"] == 1e-3 and flat["schedule.eval_batches"] is None
     assert flat["data.dataset"] == "bundled" and flat["task"] == "charlm"
-    assert len(flat) == 21  # task, seed, device + 4 data + 7 model + 3 optim + 4 schedule
+    assert len(flat) == 22  # task, seed, device + 5 data + 7 model + 3 optim + 4 schedule
 
 
 def test_with_overrides_replaces_and_revalidates():

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_models_handwriting import forms, line_xml
 
 from hyperlab.config_io import validate
 from hyperlab.data import strokes
@@ -16,8 +17,6 @@ from hyperlab.errors import ConfigError
 from hyperlab.metrics import METRICS, TASK_METRICS
 from hyperlab.training import TrainConfig, checkpoint, fit, load_model
 from hyperlab.training.handwriting import HandwritingTask
-
-from test_models_handwriting import forms, line_xml
 
 pytestmark = pytest.mark.usefixtures("private_cache", "one_thread")
 
@@ -114,3 +113,42 @@ def test_configs_a_handwriting_run_cannot_train_are_refused(overrides, key):
     with pytest.raises(ConfigError) as caught:
         hw_config(**overrides)
     assert len(caught.value.problems) == 1 and caught.value.problems[0][0].startswith(key)
+
+
+def test_train_then_sample_writes_the_handwriting_and_its_activity(mlflow_store, tmp_path):
+    """`hyperlab train` a handwriting pipeline, then `hyperlab sample` its run: the strokes as SVG and PNG,
+    the weight change per gate and the point-by-point page, all from the seeded sample."""
+    import re
+
+    import mlflow
+    import yaml
+
+    from hyperlab.analysis.strokes import to_strokes, weight_change
+    from hyperlab.cli import main
+    from hyperlab.models.handwriting import generate
+
+    data_dir = write_lines(tmp_path)
+    pipeline = tmp_path / "hw.yaml"
+    pipeline.write_text(yaml.safe_dump(hw_config(**{"schedule.steps": 4, "schedule.eval_every": 2}).model_dump(mode="json")))
+    assert main(["train", str(pipeline), "--tracking-uri", mlflow_store, "--out", str(tmp_path / "out"),
+                 "--data-dir", data_dir]) == 0
+    [run] = mlflow.MlflowClient(mlflow_store).search_runs(
+        [mlflow.MlflowClient(mlflow_store).get_experiment_by_name("hyperlab-train").experiment_id])
+    assert run.info.status == "FINISHED" and {"val/nll", "val/nll_per_point"} <= set(run.data.metrics)
+
+    out = tmp_path / "sample"
+    assert main(["sample", run.info.run_id, "--length", "150", "--bias", "0.5", "--seed", "3", "--tracking-uri",
+                 mlflow_store, "--out", str(out)]) == 0
+    model = load_model(tmp_path / "out" / "checkpoint-4", hw_config(), data_dir)
+    points, d_h = generate(model, 150, bias=0.5, seed=3, return_scales=True)  # what sample drew
+    svg = (out / "strokes.svg").read_text()
+    assert svg.count("<path") == len(to_strokes(points.numpy()))
+    assert (out / "strokes.png").read_bytes()[:4] == (out / "activity.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "handwriting.html").read_text()
+    assert "<script" in page and "http" not in page.split("<script>")[1].split("</script>")[0].replace(
+        "http://www.w3.org/2000/svg", "")  # offline: no fetch of anything
+    drawn = re.search(r'"xy": (\[.*?\]\]),', page).group(1)
+    assert len(yaml.safe_load(drawn)) == 150
+    change = weight_change(d_h.numpy())
+    assert change.shape == (150, 4) and change[0].tolist() == [0, 0, 0, 0] and (change[1:] > 0).all()
+    np.testing.assert_allclose(change[5, 2], torch.linalg.norm(d_h[5, 2] - d_h[4, 2]).item(), rtol=1e-6)

@@ -62,3 +62,100 @@ def strokes_png(points: np.ndarray, path: str | Path, scale: float = 1.0, colour
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+GATES = ("input", "candidate", "forget", "output")  # the order of d_h's four bands (i, g, f, o)
+
+
+def weight_change(d_h: np.ndarray) -> np.ndarray:
+    """The hyper cell's weight-change activity as a line was written: (T, 4, H) scaling vectors ``d_h`` of
+    the four gates -> (T, 4), the norm of each gate's step-to-step change (the first step's is 0), as
+    ``hyperlab sample`` measures it for char models."""
+    d_h = np.asarray(d_h, dtype=np.float64)
+    change = np.zeros(d_h.shape[:2])
+    change[1:] = np.linalg.norm(np.diff(d_h, axis=0), axis=-1)
+    return change
+
+
+def activity_png(points: np.ndarray, change: np.ndarray, path: str | Path) -> Path:
+    """The seed's picture: the handwriting four times, each segment coloured by one gate's weight change
+    as it was written (``weight_change``), above the four bands of that activity along the line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    points, change = np.asarray(points, dtype=np.float64), np.asarray(change, dtype=np.float64)
+    xy = np.cumsum(points[:, :2], axis=0)
+    pen_down = points[:-1, 2] < 0.5
+    segments = np.stack([xy[:-1], xy[1:]], axis=1)[pen_down]
+    aspect = np.ptp(xy[:, 0]) / max(np.ptp(xy[:, 1]), 1e-9)
+    fig, axes = plt.subplots(5, 1, figsize=(min(max(6.0, aspect * 1.6), 24.0), 9.0),
+                             gridspec_kw={"height_ratios": [1, 1, 1, 1, 0.8]})
+    for ax, gate, values in zip(axes, GATES, change.T):
+        lines = LineCollection(segments, linewidths=1.5, cmap="viridis")
+        lines.set_array(values[1:][pen_down])  # a segment is coloured by the step that drew its end
+        ax.add_collection(lines)
+        ax.autoscale()
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
+        ax.axis("off")
+        ax.set_title(f"{gate} gate: change of d_h per step", fontsize=9, loc="left")
+        fig.colorbar(lines, ax=ax, fraction=0.02)
+    bands = axes[-1]
+    image = bands.imshow(change.T, aspect="auto", cmap="viridis", interpolation="nearest")
+    bands.set_yticks(range(4), GATES)
+    bands.set_xlabel("pen point")
+    fig.colorbar(image, ax=bands, fraction=0.02)
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def animation_html(points: np.ndarray, change: np.ndarray | None = None, ms_per_point: int = 15) -> str:
+    """A self-contained HTML page (no network) that draws the handwriting point by point, each segment
+    coloured by the hyper cell's total weight change at that step (blue: calm, yellow: changing fast;
+    black without a hyper cell), with a replay button."""
+    import json
+
+    points = np.asarray(points, dtype=np.float64)
+    xy = np.cumsum(points[:, :2], axis=0)
+    low, high = xy.min(axis=0) - 10, xy.max(axis=0) + 10
+    total = None if change is None else np.asarray(change, dtype=np.float64).sum(axis=1)
+    if total is not None and np.ptp(total) > 0:
+        total = (total - total.min()) / np.ptp(total)
+    data = {"xy": np.round(xy - low, 2).tolist(), "end": (points[:, 2] > 0.5).astype(int).tolist(),
+            "level": None if total is None else np.round(total, 3).tolist(), "ms": int(ms_per_point)}
+    width, height = high - low
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>hyperlab handwriting</title>
+<style>body{{font-family:sans-serif;margin:1em}} svg{{border:1px solid #ddd;max-width:100%;height:auto}}</style>
+</head><body>
+<p>Generated handwriting, drawn point by point; colour: the hyper cell's weight change at each step
+(blue calm, yellow fast). <button id="replay">replay</button> <span id="count"></span></p>
+<svg id="ink" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.1f} {height:.1f}"
+ width="{width:.0f}" height="{height:.0f}"></svg>
+<script>
+const D = {json.dumps(data)};
+const svg = document.getElementById("ink"), count = document.getElementById("count");
+function colour(v) {{ if (v === null) return "black"; return `hsl(${{240 - 180 * v}}, 80%, ${{35 + 20 * v}}%)`; }}
+let timer = null;
+function draw() {{
+  clearInterval(timer); svg.innerHTML = ""; let i = 1;
+  timer = setInterval(() => {{
+    if (i >= D.xy.length) {{ clearInterval(timer); return; }}
+    if (!D.end[i - 1]) {{
+      const s = document.createElementNS("http://www.w3.org/2000/svg", "line");
+      const [a, b] = [D.xy[i - 1], D.xy[i]];
+      s.setAttribute("x1", a[0]); s.setAttribute("y1", a[1]); s.setAttribute("x2", b[0]); s.setAttribute("y2", b[1]);
+      s.setAttribute("stroke", colour(D.level ? D.level[i] : null)); s.setAttribute("stroke-width", "2");
+      s.setAttribute("stroke-linecap", "round"); svg.appendChild(s);
+    }}
+    count.textContent = `${{i + 1}} / ${{D.xy.length}} points`; i++;
+  }}, D.ms);
+}}
+document.getElementById("replay").onclick = draw; draw();
+</script></body></html>
+"""

@@ -128,9 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file", help="pipeline (training config) YAML file")
     t.add_argument("--out", metavar="DIR", help="folder for the checkpoints (default: hyperlab-runs/train/RUN_ID)")
     a = p["sample"]
-    a.add_argument("run_id", help="MLflow run id, or a unique prefix of one, of a trained char model: a "
+    a.add_argument("run_id", help="MLflow run id, or a unique prefix of one, of a trained char or handwriting "
+                   "model: a "
                    "`hyperlab train` run or a search trial (as `hyperlab pareto` lists them)")
-    a.add_argument("--length", type=positive_int, default=500, help="characters to generate (default: 500)")
+    a.add_argument("--length", type=positive_int, default=500,
+                   help="characters (or, for a handwriting model, pen points) to generate (default: 500)")
+    a.add_argument("--bias", type=float, default=0.0,
+                   help="handwriting: Graves' sampling bias, 0 the model's own spread, larger neater (default: 0)")
     a.add_argument("--temperature", type=positive_float, default=1.0,
                    help="softmax temperature: below 1 sharper, above 1 more random (default: 1)")
     a.add_argument("--primer", default="", help="text the model reads before it generates (default: none)")

@@ -183,12 +183,34 @@ def _print_summary(run_id: str, result: dict, workdir: Path) -> None:
                     f"checkpoints in {workdir}")
 
 
+def _sample_handwriting(model, args: argparse.Namespace, out: Path) -> int:
+    from hyperlab.analysis.strokes import activity_png, animation_html, strokes_png, strokes_svg, weight_change
+    from hyperlab.models.handwriting import generate
+
+    points, d_h = generate(model, args.length, bias=args.bias, seed=args.seed, return_scales=True)
+    points = points.numpy()
+    out.mkdir(exist_ok=True)
+    (out / "strokes.svg").write_text(strokes_svg(points), encoding="utf-8")
+    written = [out / "strokes.svg", strokes_png(points, out / "strokes.png")]
+    change = None if d_h is None else weight_change(d_h.numpy())
+    if change is not None:
+        written.append(activity_png(points, change, out / "activity.png"))
+    (out / "handwriting.html").write_text(animation_html(points, change), encoding="utf-8")
+    written.append(out / "handwriting.html")
+    for path in written:
+        print(f"wrote {path}")
+    if change is None:
+        print("the model has no hyper cell: no activity figure")
+    return 0
+
+
 def _show(key: str, value) -> str:
     return f"{key} {value:,}" if isinstance(value, int) else f"{key} {value:.4g}"
 
 
 def sample(args: argparse.Namespace) -> int:
-    """Sample text from a trained char model's run; write sample.txt and activity.png to --out."""
+    """Sample from a trained run: text from a char model (sample.txt, activity.png), handwriting from a
+    handwriting model (strokes.svg, strokes.png, and for a hyper cell activity.png and handwriting.html)."""
     from hyperlab.loading import load_run
     from hyperlab.tracking.store import resolve_tracking_uri
     from hyperlab.training.data_cache import corpus
@@ -197,8 +219,11 @@ def sample(args: argparse.Namespace) -> int:
 
     out = check_out_folder(Path(args.out), "--out")
     model, config = load_run(args.run_id, resolve_tracking_uri(args.tracking_uri), args.data_dir)
+    if config.task == "handwriting":
+        return _sample_handwriting(model, args, out)
     if config.task != "charlm":
-        raise UserError(f"run {args.run_id} trained a {config.task!r} model; sample needs a char model")
+        raise UserError(f"run {args.run_id} trained a {config.task!r} model; sample needs a char or "
+                        "handwriting model")
     generated = generate(model, corpus(config.data.dataset, args.data_dir), args.length,
                          args.temperature, args.primer, args.seed)
     out.mkdir(exist_ok=True)

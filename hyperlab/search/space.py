@@ -155,7 +155,7 @@ class EarlyStopping(StrictModel):
 
 
 class SearchSpace(StrictModel):
-    task: Literal["charlm", "classify"]
+    task: Literal["charlm", "classify", "handwriting"]
     model: str
     objectives: dict[str, Literal["min", "max"]] = pydantic.Field(min_length=1)
     fixed: dict[str, Any] = pydantic.Field(default_factory=dict)
