@@ -145,8 +145,7 @@ def test_train_then_sample_writes_the_handwriting_and_its_activity(mlflow_store,
     assert svg.count("<path") == len(to_strokes(points.numpy()))
     assert (out / "strokes.png").read_bytes()[:4] == (out / "activity.png").read_bytes()[:4] == b"\x89PNG"
     page = (out / "handwriting.html").read_text()
-    assert "<script" in page and "http" not in page.split("<script>")[1].split("</script>")[0].replace(
-        "http://www.w3.org/2000/svg", "")  # offline: no fetch of anything
+    assert "<script>" in page and "://" not in page.replace("http://www.w3.org/2000/svg", "")  # offline
     drawn = re.search(r'"xy": (\[.*?\]\]),', page).group(1)
     assert len(yaml.safe_load(drawn)) == 150
     change = weight_change(d_h.numpy())

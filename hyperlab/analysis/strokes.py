@@ -44,9 +44,7 @@ def strokes_png(points: np.ndarray, path: str | Path, scale: float = 1.0, colour
     from matplotlib.collections import LineCollection
 
     points = np.asarray(points, dtype=np.float64)
-    xy = np.cumsum(points[:, :2] * scale, axis=0)
-    pen_down = points[:-1, 2] < 0.5                       # no segment from a stroke's end to the next start
-    segments = np.stack([xy[:-1], xy[1:]], axis=1)[pen_down]
+    xy, segments, pen_down = _segments(points, scale)
     fig, ax = plt.subplots(figsize=(max(4.0, np.ptp(xy[:, 0]) / max(np.ptp(xy[:, 1]), 1e-9) * 1.5), 2.0))
     lines = LineCollection(segments, linewidths=1.5, colors="black" if colour is None else None, cmap="viridis")
     if colour is not None:
@@ -62,6 +60,14 @@ def strokes_png(points: np.ndarray, path: str | Path, scale: float = 1.0, colour
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _segments(points: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pen positions (T, 2), the drawn segments (S, 2, 2) and which of the T-1 steps they are (pen down:
+    no segment from a stroke's end to the next stroke's start)."""
+    xy = np.cumsum(points[:, :2] * scale, axis=0)
+    pen_down = points[:-1, 2] < 0.5
+    return xy, np.stack([xy[:-1], xy[1:]], axis=1)[pen_down], pen_down
 
 
 GATES = ("input", "candidate", "forget", "output")  # the order of d_h's four bands (i, g, f, o)
@@ -87,9 +93,7 @@ def activity_png(points: np.ndarray, change: np.ndarray, path: str | Path) -> Pa
     from matplotlib.collections import LineCollection
 
     points, change = np.asarray(points, dtype=np.float64), np.asarray(change, dtype=np.float64)
-    xy = np.cumsum(points[:, :2], axis=0)
-    pen_down = points[:-1, 2] < 0.5
-    segments = np.stack([xy[:-1], xy[1:]], axis=1)[pen_down]
+    xy, segments, pen_down = _segments(points)
     aspect = np.ptp(xy[:, 0]) / max(np.ptp(xy[:, 1]), 1e-9)
     fig, axes = plt.subplots(5, 1, figsize=(min(max(6.0, aspect * 1.6), 24.0), 9.0),
                              gridspec_kw={"height_ratios": [1, 1, 1, 1, 0.8]})

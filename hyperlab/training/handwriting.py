@@ -42,8 +42,8 @@ class HandwritingTask:
     def train_loss(self, model: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """Mean negative log-likelihood per predicted point (nats) of the batch of ``step``, and its points."""
         points, mask = self.train.get(step // len(self.train), step % len(self.train))
+        predicted = int(mask[:, 1:].sum())  # counted on the CPU: no wait on the device in the step
         points, mask = points.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
-        predicted = int(mask[:, 1:].sum())
         return model.sequence_nll(points, mask).sum() / max(predicted, 1), predicted
 
     @torch.no_grad()
@@ -55,10 +55,11 @@ class HandwritingTask:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         lines = points_count = 0
         for index in range(n):
-            points, mask = (t.to(self.device, non_blocking=True) for t in self.valid.get(0, index))
-            total += model.sequence_nll(points, mask).double().sum()
+            points, mask = self.valid.get(0, index)
             lines += len(points)
             points_count += int(mask[:, 1:].sum())
+            points, mask = points.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+            total += model.sequence_nll(points, mask).double().sum()
         nll = total.item()
         return {"val/nll": nll / lines, "val/nll_per_point": nll / max(points_count, 1)}
 
