@@ -127,10 +127,16 @@ def test_lines_become_scaled_offsets_with_stroke_ends(tmp_path, monkeypatch):
         (folder / f"{name}.xml").write_text(line_xml(points))
     (root / "z99" / "z99-000").mkdir(parents=True)
     (root / "z99" / "z99-000" / "z99-000a-01.xml").write_text("<WhiteboardCaptureSession><StrokeSet>")  # cut off
+    ascii_dir = tmp_path / "iam-ondb" / "ascii"
+    for form, text in ((train_form, "OCR:\n\nthe typed text\n\nCSR:\n\nA MOVE to stop\nMr . Gaitskell\n"),
+                       (valid_form, "OCR:\n\nCSR:\n\none line\ntoo many\n")):  # 2 lines, 1 line file
+        (ascii_dir / form[:3] / form[:7]).mkdir(parents=True, exist_ok=True)
+        (ascii_dir / form[:3] / form[:7] / f"{form}.txt").write_bytes(text.encode("latin-1"))
 
     data = strokes.load_strokes(tmp_path)
     assert data.counts == {"lines": 2, "train_lines": 1, "valid_lines": 1, "points": 11, "dropped_short": 1,
-                           "skipped_malformed": 1}
+                           "skipped_malformed": 1, "with_text": 1, "forms_text_mismatched": 1}
+    assert data.line_texts("train") == ["A MOVE to stop"] and data.line_texts("valid") == [""]
     offsets = np.array([[0, 0], [3, 4], [3, 4], [4, 0], [0, -6], [3, 4]], dtype=float)
     assert data.scale == pytest.approx(offsets.std())  # the training lines' offsets, both axes
     [train], [valid] = data.lines("train"), data.lines("valid")
@@ -138,7 +144,7 @@ def test_lines_become_scaled_offsets_with_stroke_ends(tmp_path, monkeypatch):
     assert train[:, 2].tolist() == [0, 0, 1, 0, 0, 1] and valid[:, 2].tolist() == [0, 0, 0, 0, 1]
     assert np.allclose(valid[:, :2] * data.scale, [[0, 0]] + [[1, 1]] * 4)
     again = strokes.load_strokes(tmp_path)  # from the cache
-    assert np.array_equal(again.points, data.points) and again.counts == data.counts
+    assert np.array_equal(again.points, data.points) and again.counts == data.counts and again.texts == data.texts
 
 
 def test_a_missing_database_says_what_to_put_where(tmp_path):
@@ -158,6 +164,14 @@ def test_the_real_database(shared_data):
     train = np.concatenate(data.lines("train"))
     assert train[:, :2].std() == pytest.approx(1.0, rel=1e-4)
     assert 0.03 < data.counts["valid_lines"] / data.counts["lines"] < 0.07
+    # 1,907 transcriptions; two forms' line counts differ from their line files (a08-551z, z01-000z)
+    assert data.counts["forms_text_mismatched"] == 2
+    assert data.counts["with_text"] == data.counts["lines"] - 16  # their 16 kept lines
+    assert {name for name, text in zip(data.names, data.texts) if not text} == {
+        *(f"a08-551z-{k:02d}" for k in range(1, 9)), *(f"z01-000z-{k:02d}" for k in range(1, 9))}
+    named = dict(zip(data.names, data.texts))
+    assert named["a01-000u-01"] == "A MOVE to stop Mr . Gaitskell"
+    assert named["a01-000u-06"] == "resolution on the subject"
 
 
 @pytest.mark.integration

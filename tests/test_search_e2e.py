@@ -4,6 +4,7 @@ as a user does; the SIGKILL test kills that process mid-search and resumes it.""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -416,3 +417,30 @@ def test_the_cpu_kernels_are_built_once_before_the_trials_with_a_notice(mlflow_s
     _, _, trials = runs_of(tmp_path, "fresh")
     assert trials and build_s < wall
     assert all(r.data.metrics["time/elapsed"] < build_s for r in trials), (build_s, [r.data.metrics for r in trials])
+
+
+def test_the_handwriting_search_space_smoke_test(mlflow_store, tmp_path):
+    """`search_spaces/iam_hyperlstm.yaml` shrunk by --smoke-test, on pen lines in IAM-OnDB's layout: each
+    trial's parameter count is the closed form of the hyper_size and n_z it was given, its val/nll is a
+    finite log-loss, and Optuna's study holds the same two objective vectors."""
+    from test_models_handwriting import closed_form
+    from test_training_handwriting import write_lines
+
+    data_dir = write_lines(tmp_path / "data")
+    out = hyperlab(tmp_path, *search_args(tmp_path, REPO / "search_spaces" / "iam_hyperlstm.yaml", "hw"),
+                   "--smoke-test", "--data-dir", data_dir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _, [parent], trials = runs_of(tmp_path, "hw")
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    hidden = int(parent.data.params["model.hidden_size"])  # the fixed part lives on the search's run
+    assert hidden == 32  # the smoke test's cap on the space's 256
+    vectors = set()
+    for run in trials:
+        params, metrics = run.data.params, run.data.metrics
+        hyper, n_z = int(params["model.hyper_size"]), int(params["model.n_z"])
+        assert metrics["model/n_params"] == closed_form("hyperlstm", hidden, hyper, n_z)
+        assert math.isfinite(metrics["val/nll"])
+        assert metrics["val/nll_per_point"] * 319 == pytest.approx(metrics["val/nll"])  # 320 points: 319 predicted
+        vectors.add((metrics["model/n_params"], round(metrics["val/nll"], 6)))
+    study = optuna_study(tmp_path, "hw")
+    assert {(t.values[0], round(t.values[1], 6)) for t in study.trials if t.state.name == "COMPLETE"} == vectors

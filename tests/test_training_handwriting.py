@@ -151,3 +151,24 @@ def test_train_then_sample_writes_the_handwriting_and_its_activity(mlflow_store,
     change = weight_change(d_h.numpy())
     assert change.shape == (150, 4) and change[0].tolist() == [0, 0, 0, 0] and (change[1:] > 0).all()
     np.testing.assert_allclose(change[5, 2], torch.linalg.norm(d_h[5, 2] - d_h[4, 2]).item(), rtol=1e-6)
+
+
+def test_the_page_colours_by_the_change_up_to_its_99th_percentile():
+    """One huge step (the first, from the zero state) does not set the colour scale: levels are the total
+    change over its 99th percentile, clipped to 1."""
+    import json
+    import re
+
+    from hyperlab.analysis.strokes import animation_html
+
+    points = np.zeros((200, 3))
+    points[:, 0] = 1.0
+    change = np.ones((200, 4))
+    change[:, 0] = np.arange(200) / 199  # total = 3 + a ramp
+    change[0] = 1000.0
+    total = change.sum(axis=1)
+    page = animation_html(points, change)
+    levels = np.array(json.loads(re.search(r'"level": (\[.*?\])', page).group(1)))
+    top = np.percentile(total, 99)
+    np.testing.assert_allclose(levels, np.round(np.minimum(total / top, 1.0), 3))
+    assert levels[0] == 1.0 and 0.75 < levels[1] < 0.76  # 3 / 3.98...: the rest of the line is not dark

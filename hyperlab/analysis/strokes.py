@@ -85,7 +85,9 @@ def weight_change(d_h: np.ndarray) -> np.ndarray:
 
 def activity_png(points: np.ndarray, change: np.ndarray, path: str | Path) -> Path:
     """The seed's picture: the handwriting four times, each segment coloured by one gate's weight change
-    as it was written (``weight_change``), above the four bands of that activity along the line."""
+    as it was written (``weight_change``), above the four bands of that activity along the line. Colours
+    top out at the 99th percentile (a few large steps, such as the first from the zero state, would
+    otherwise leave the rest of the line dark)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,22 +102,29 @@ def activity_png(points: np.ndarray, change: np.ndarray, path: str | Path) -> Pa
     for ax, gate, values in zip(axes, GATES, change.T):
         lines = LineCollection(segments, linewidths=1.5, cmap="viridis")
         lines.set_array(values[1:][pen_down])  # a segment is coloured by the step that drew its end
+        lines.set_clim(0.0, _top(values))
         ax.add_collection(lines)
         ax.autoscale()
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.axis("off")
         ax.set_title(f"{gate} gate: change of d_h per step", fontsize=9, loc="left")
-        fig.colorbar(lines, ax=ax, fraction=0.02)
+        fig.colorbar(lines, ax=ax, fraction=0.02, extend="max")
     bands = axes[-1]
-    image = bands.imshow(change.T, aspect="auto", cmap="viridis", interpolation="nearest")
+    image = bands.imshow(change.T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0, vmax=_top(change))
     bands.set_yticks(range(4), GATES)
     bands.set_xlabel("pen point")
-    fig.colorbar(image, ax=bands, fraction=0.02)
+    fig.colorbar(image, ax=bands, fraction=0.02, extend="max")
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _top(values: np.ndarray) -> float:
+    """The top of a colour scale: the 99th percentile, or 1 where everything is 0."""
+    top = float(np.percentile(values, 99))
+    return top if top > 0 else 1.0
 
 
 def animation_html(points: np.ndarray, change: np.ndarray | None = None, ms_per_point: int = 15) -> str:
@@ -128,8 +137,8 @@ def animation_html(points: np.ndarray, change: np.ndarray | None = None, ms_per_
     xy = np.cumsum(points[:, :2], axis=0)
     low, high = xy.min(axis=0) - 10, xy.max(axis=0) + 10
     total = None if change is None else np.asarray(change, dtype=np.float64).sum(axis=1)
-    if total is not None and np.ptp(total) > 0:
-        total = (total - total.min()) / np.ptp(total)
+    if total is not None:
+        total = np.clip(total / _top(total), 0.0, 1.0)
     data = {"xy": np.round(xy - low, 2).tolist(), "end": (points[:, 2] > 0.5).astype(int).tolist(),
             "level": None if total is None else np.round(total, 3).tolist(), "ms": int(ms_per_point)}
     width, height = high - low

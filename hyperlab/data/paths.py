@@ -22,7 +22,7 @@ import numpy as np
 
 from hyperlab.errors import UserError
 
-DERIVED_FORMAT = 1  # bump when the layout or meaning of derived arrays changes
+DERIVED_FORMAT = 2  # bump when the layout or meaning of derived arrays changes
 
 
 def resolve_data_dir(arg: str | Path | None = None) -> Path:

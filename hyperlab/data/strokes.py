@@ -15,6 +15,10 @@ unit-scale inputs and a sample is scaled back by it.
 Validation lines: every line of the forms (one writer's session, ``a01-000u``) whose name hashes into
 the first ``VALID_PERCENT`` of 100 buckets; the split is deterministic and no form has lines on both
 sides. (IAM-OnDB's writer table is not part of ``lineStrokes/``, so forms stand in for writers.)
+
+Texts: line ``k`` of a form's transcription (``ascii/**/<form>.txt``, the ``CSR:`` section, which follows
+the lines as written) is the text of line file ``<form>-<k>``; a form whose transcription has a different
+number of lines than it has line files gets no texts (counted), as does a form without a transcription.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,31 +47,43 @@ ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar")
 class StrokeData:
     """Lines of pen offsets: ``points`` (N, 3) float32 ``(dx, dy, end_of_stroke)`` of every kept line end
     to end, line ``i`` is ``points[starts[i]:starts[i + 1]]``; ``valid`` marks the validation lines;
-    ``scale`` is the offsets' divisor (a sample times ``scale`` is in the tablet's units)."""
+    ``scale`` is the offsets' divisor (a sample times ``scale`` is in the tablet's units); ``texts`` and
+    ``names`` are each line's transcription ("" if none) and file name (``a01-000u-01``)."""
 
     points: np.ndarray
     starts: np.ndarray
     valid: np.ndarray
     scale: float
     counts: dict
+    texts: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
 
     def lines(self, split: str) -> list[np.ndarray]:
         """The lines of ``"train"`` or ``"valid"``, each (T, 3) (views of the memory-mapped array)."""
+        return [self.points[self.starts[i]:self.starts[i + 1]] for i in self._indices(split)]
+
+    def line_texts(self, split: str) -> list[str]:
+        """The transcriptions of ``lines(split)``, in the same order ("" where there is none)."""
+        return [self.texts[i] for i in self._indices(split)]
+
+    def _indices(self, split: str) -> np.ndarray:
         if split not in ("train", "valid"):
             raise UserError(f"IAM-OnDB has the splits 'train' and 'valid', not {split!r}")
-        keep = self.valid if split == "valid" else ~self.valid
-        return [self.points[self.starts[i]:self.starts[i + 1]] for i in np.flatnonzero(keep)]
+        return np.flatnonzero(self.valid if split == "valid" else ~self.valid)
 
 
 def load_strokes(data_dir: str | Path | None = None) -> StrokeData:
     """IAM-OnDB's lines, prepared and cached on first use (see the module docstring)."""
     folder = resolve_data_dir(data_dir) / FOLDER
     source = _source(folder)
-    sources = sorted(source.rglob("*.xml")) if source.is_dir() else [source]
+    if source.is_dir():
+        sources = sorted(source.rglob("*.xml")) + sorted((source.parent / "ascii").rglob("*.txt"))
+    else:
+        sources = [source]
     target = derived_dir("iam-ondb", sources, folder)
     arrays, meta = load_or_build(target, lambda: _build(source))
     return StrokeData(arrays["points"], arrays["starts"], arrays["valid"].astype(bool), float(meta["scale"]),
-                      meta["counts"])
+                      meta["counts"], tuple(meta["texts"]), tuple(meta["names"]))
 
 
 def _source(folder: Path) -> Path:
@@ -81,23 +98,38 @@ def _source(folder: Path) -> Path:
                     f"free registration at {REGISTER} and may not be redistributed, so hyperlab cannot download it")
 
 
-def _line_files(source: Path) -> Iterator[tuple[str, bytes]]:
-    """(line name, XML bytes) of every line file, in name order."""
+def _files(source: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(kind, name, bytes) of every line file (kind "line", name ``a01-000u-01``) and transcription
+    (kind "text", name ``a01-000u``); an archive is read in one pass, in its own order."""
     if source.is_dir():
-        for path in sorted(source.rglob("*.xml")):
-            yield path.stem, path.read_bytes()
+        for path in source.rglob("*.xml"):
+            yield "line", path.stem, path.read_bytes()
+        for path in (source.parent / "ascii").rglob("*.txt"):
+            yield "text", path.stem, path.read_bytes()
         return
-    with tarfile.open(source) as archive:
-        members = sorted((m for m in archive if m.isfile() and "lineStrokes/" in m.name and m.name.endswith(".xml")),
-                         key=lambda m: m.name)
-        if not members:
-            raise UserError(f"{source}: no lineStrokes/**.xml in this archive")
-        for member in members:
-            yield Path(member.name).stem, archive.extractfile(member).read()
+    found = False
+    with tarfile.open(source, mode="r|*") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            if "lineStrokes/" in member.name and member.name.endswith(".xml"):
+                found = True
+                yield "line", Path(member.name).stem, archive.extractfile(member).read()
+            elif "ascii/" in member.name and member.name.endswith(".txt"):
+                yield "text", Path(member.name).stem, archive.extractfile(member).read()
+    if not found:
+        raise UserError(f"{source}: no lineStrokes/**.xml in this archive")
+
+
+def transcription(text: bytes) -> list[str]:
+    """The lines of a form's transcription: the non-empty lines after ``CSR:`` (none if it has no such
+    section)."""
+    _, csr, after = text.decode("latin-1").partition("CSR:")
+    return [line.strip() for line in after.splitlines() if line.strip()] if csr else []
 
 
 def parse_line(xml: bytes) -> np.ndarray:
-    """(T, 3) int64 ``(x, y, end_of_stroke)`` of one line file's points, in the tablet's units."""
+    """(T, 3) int32 ``(x, y, end_of_stroke)`` of one line file's points, in the tablet's units."""
     strokes = ET.fromstring(xml).find("StrokeSet")
     if strokes is None:
         raise ValueError("no StrokeSet")
@@ -107,7 +139,7 @@ def parse_line(xml: bytes) -> np.ndarray:
         rows.extend((x, y, int(i == len(points) - 1)) for i, (x, y) in enumerate(points))
     if not rows:
         raise ValueError("no points")
-    return np.asarray(rows, dtype=np.int64)
+    return np.asarray(rows, dtype=np.int32)
 
 
 def offsets(points: np.ndarray) -> np.ndarray:
@@ -120,31 +152,49 @@ def offsets(points: np.ndarray) -> np.ndarray:
 
 def is_valid_form(line_name: str) -> bool:
     """Whether a line's form (``a01-000u`` of ``a01-000u-03``) is on the validation side."""
-    form = line_name.rsplit("-", 1)[0]
-    return int(hashlib.sha256(form.encode()).hexdigest(), 16) % 100 < VALID_PERCENT
+    return int(hashlib.sha256(_form(line_name).encode()).hexdigest(), 16) % 100 < VALID_PERCENT
 
 
 def _build(source: Path) -> tuple[dict[str, np.ndarray], dict]:
-    lines, valid, malformed, short = [], [], 0, 0
-    for name, xml in _line_files(source):
+    parsed, forms, malformed = {}, {}, 0
+    line_files = Counter()  # line files per form, parsed or not
+    for kind, name, data in _files(source):
+        if kind == "text":
+            forms[name] = transcription(data)
+            continue
+        line_files[_form(name)] += 1
         try:
-            points = parse_line(xml)
+            parsed[name] = parse_line(data)
         except (ET.ParseError, ValueError, TypeError):
             malformed += 1
-            continue
-        if len(points) < MIN_POINTS:
-            short += 1
-            continue
-        lines.append(offsets(points))
-        valid.append(is_valid_form(name))
-    if not lines:
+    names = sorted(name for name, points in parsed.items() if len(points) >= MIN_POINTS)
+    if not names:
         raise UserError(f"{source}: no line with at least {MIN_POINTS} points")
-    valid = np.asarray(valid, dtype=bool)
+    lines = [offsets(parsed[name]) for name in names]
+    valid = np.asarray([is_valid_form(name) for name in names], dtype=bool)
+    texts = [_text(name, forms, line_files) for name in names]
     train_offsets = np.concatenate([line[:, :2] for line, v in zip(lines, valid) if not v])
     scale = float(train_offsets.std())
     points = np.concatenate(lines).astype(np.float32)
     points[:, :2] /= scale
     starts = np.cumsum([0] + [len(line) for line in lines]).astype(np.int64)
     counts = {"lines": len(lines), "train_lines": int((~valid).sum()), "valid_lines": int(valid.sum()),
-              "points": int(len(points)), "dropped_short": short, "skipped_malformed": malformed}
-    return {"points": points, "starts": starts, "valid": valid.astype(np.uint8)}, {"scale": scale, "counts": counts}
+              "points": int(len(points)), "dropped_short": len(parsed) - len(names),
+              "skipped_malformed": malformed, "with_text": sum(map(bool, texts)),
+              "forms_text_mismatched": sum(1 for form, text in forms.items()
+                                           if line_files[form] and len(text) != line_files[form])}
+    meta = {"scale": scale, "counts": counts, "texts": texts, "names": names}
+    return {"points": points, "starts": starts, "valid": valid.astype(np.uint8)}, meta
+
+
+def _form(line_name: str) -> str:
+    return line_name.rsplit("-", 1)[0]
+
+
+def _text(line_name: str, forms: dict[str, list[str]], line_files: Counter) -> str:
+    """Line ``k``'s text of its form's transcription, when the transcription has one line per line file."""
+    form, number = line_name.rsplit("-", 1)
+    text = forms.get(form, [])
+    if len(text) != line_files[form] or not number.isdigit() or not 1 <= int(number) <= len(text):
+        return ""
+    return text[int(number) - 1]
