@@ -6,6 +6,7 @@ hyperlab does; Tune's own per-trial cost then nearly vanishes, and what is left 
 
     python benchmarks/search_overhead.py [--trials 200] [--concurrency 4] [--repeats 1] [--reuse both|yes|no]
     python benchmarks/search_overhead.py --trials 50,200 --reuse yes    # does the cost per trial stay flat?
+    py-spy record --gil -- python benchmarks/search_overhead.py --only hyperlab   # where the driver's time goes
 
 Prints the wall times, their ratios (target: at most 1.05) and hyperlab's extra driver time per result and
 per trial, for each number of trials asked for (the extra time per trial should not grow with it).
@@ -99,6 +100,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two this many times")
     parser.add_argument("--reuse", choices=("both", "yes", "no"), default="both",
                         help="with Tune's default (a new worker per trial), reusing workers, or both")
+    parser.add_argument("--only", choices=("hyperlab", "bare"), help="time one side alone (for a profiler)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -108,6 +110,8 @@ def main(argv=None) -> None:
     lines = []
     with tempfile.TemporaryDirectory(prefix="hyperlab-overhead-") as tmp:
         for name, run in (("bare", run_bare), ("hyperlab", run_hyperlab)):  # untimed: imports, first workers
+            if args.only not in (None, name):
+                continue
             (Path(tmp) / f"warm-{name}").mkdir()
             run(Path(tmp) / f"warm-{name}", args.concurrency, args.concurrency, True)
         for trials in [int(n) for n in args.trials.split(",")]:
@@ -115,10 +119,14 @@ def main(argv=None) -> None:
                 times = {"hyperlab": [], "bare": []}
                 for repeat in range(args.repeats):
                     for name, run in (("bare", run_bare), ("hyperlab", run_hyperlab)):
+                        if args.only not in (None, name):
+                            continue
                         folder = Path(tmp) / f"{name}-{trials}-{reuse}-{repeat}"
                         folder.mkdir()
                         times[name].append(run(folder, trials, args.concurrency, reuse))
                         print(f"{name:9s} {trials} trials, reuse_actors={reuse}: {times[name][-1]:7.1f} s", file=sys.stderr)
+                if args.only:
+                    continue
                 bare, ours = statistics.median(times["bare"]), statistics.median(times["hyperlab"])
                 lines.append(f"{trials:4d} trials, reuse_actors={reuse!s:5s}: bare Ray Tune + OptunaSearch {bare:6.1f} s, "
                              f"hyperlab {ours:6.1f} s, ratio {ours / bare:.3f}; hyperlab's extra driver time "

@@ -78,8 +78,9 @@ class SearchRecorder:
         number = int(trial.config[OPTUNA_TRIAL_KEY])
         metrics = {k: v for k, v in (trial.last_result or {}).items() if k.startswith(_METRIC_PREFIXES)}
         self.outbox.submit(self._record_checkpoint, number, fidelity != FAILED)
-        self.outbox.submit(self.writer.end_trial, number, fidelity, outcome, error)
+        # the front first: the trial's own front tags then go in its last batch, with its end
         self.outbox.submit(self.reporter.trial_ended, number, trial_overrides(trial.config), metrics, fidelity)
+        self.outbox.submit(self.writer.end_trial, number, fidelity, outcome, error)
         self.outbox.submit(self.reporter.publish)
         self.errors += fidelity == FAILED
 
@@ -130,8 +131,8 @@ class SearchRecorder:
         log.info("trial %d ended before the driver stopped: its record is completed now", number)
         self.errors += fidelity == FAILED
         self._record_checkpoint(number, fidelity != FAILED)
-        self.writer.end_trial(number, fidelity, outcome, error)
         self.reporter.trial_ended(number, trial_overrides(trial.config), metrics, fidelity)
+        self.writer.end_trial(number, fidelity, outcome, error)
 
     @property
     def all_ended(self) -> bool:

@@ -3,7 +3,9 @@
 ``Study.ask`` creates a trial, then writes its parameters one by one; a driver killed in between leaves
 a trial with some or none of them. ``finish_ask`` writes the rest as that ask would have (``Trial`` on
 the existing trial, then ``Trial._suggest`` for each distribution, which keeps the ones already written),
-so the trial is adopted under its own number. Tested on Optuna 5.0 (``pyproject.toml`` bounds it).
+so the trial is adopted under its own number. ``storage_trial_id`` is a trial's id in the storage (what
+its storage calls take), which ``Study.ask`` knows and does not expose: kept, it saves a look-up by number
+for every later call about that trial. Tested on Optuna 5.0 (``pyproject.toml`` bounds it).
 """
 
 from __future__ import annotations
@@ -17,3 +19,8 @@ def finish_ask(study: optuna.Study, trial_id: int, distributions: dict) -> dict:
     for name, distribution in distributions.items():
         trial._suggest(name, distribution)
     return dict(trial.params)
+
+
+def storage_trial_id(trial: optuna.Trial) -> int:
+    """The storage's id of a trial that ``Study.ask`` returned."""
+    return trial._trial_id

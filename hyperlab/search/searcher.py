@@ -169,10 +169,13 @@ class StudySearcher(Searcher):
         self._tells: concurrent.futures.ThreadPoolExecutor | None = None  # the study's one thread
         self._ahead: concurrent.futures.Future | None = None  # the next suggestion, being asked
         self._adopted_asks = False  # whether this driver took up the asks a stopped one never handed out
+        self._asked: dict[int, optuna.Trial] = {}  # trials this driver asked, until told (no look-ups by number)
+        self._trial_ids: dict[int, int] = {}       # Optuna number -> the storage's trial id
+        self._study_id: int | None = None
 
     def __getstate__(self):  # Tune pickles its searcher with the experiment: no database handles, no threads
         return {**self.__dict__, "_storage_obj": None, "_study_obj": None, "_next_number": None, "_handed": None,
-                "_tells": None, "_ahead": None, "_adopted_asks": False}
+                "_tells": None, "_ahead": None, "_adopted_asks": False, "_asked": {}, "_trial_ids": {}, "_study_id": None}
 
     @property
     def study(self) -> optuna.Study:
@@ -218,9 +221,11 @@ class StudySearcher(Searcher):
             study.sampler = make_sampler(self._space, trial_seed(self._space.sampler.seed, self._next_number))
             trial = study.ask(distributions)
             self._next_number = trial.number + 1
+            self._trial_ids[trial.number] = optuna_private.storage_trial_id(trial)
             n_params = self._size(trial.params)
             trial.set_user_attr(ATTR_N_PARAMS, n_params)
             if self._max_params is None or n_params <= self._max_params:
+                self._asked[trial.number] = trial
                 return trial.number, trial.params, n_params
             trial.set_user_attr(ATTR_INFEASIBLE, f"{n_params} parameters > budget {self._max_params:.0f}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -241,8 +246,12 @@ class StudySearcher(Searcher):
         return {**frozen.params, N_PARAMS_KEY: frozen.user_attrs[ATTR_N_PARAMS], OPTUNA_TRIAL_KEY: number}
 
     def _trial_storage_id(self, number: int) -> int:
-        study_id = self._storage_obj.get_study_id_from_name(self._study_name)
-        return self._storage_obj.get_trial_id_from_study_id_trial_number(study_id, number)
+        if number not in self._trial_ids:
+            self.study  # noqa: B018 - connects
+            if self._study_id is None:
+                self._study_id = self._storage_obj.get_study_id_from_name(self._study_name)
+            self._trial_ids[number] = self._storage_obj.get_trial_id_from_study_id_trial_number(self._study_id, number)
+        return self._trial_ids[number]
 
     def _state(self, number: int) -> optuna.trial.TrialState:
         self.study  # noqa: B018 - connects
@@ -268,15 +277,17 @@ class StudySearcher(Searcher):
 
     def _tell(self, number: int, values: list[float] | None, error: bool) -> None:
         try:
-            if self._state(number).is_finished():
+            trial = self._asked.pop(number, None)  # asked by this driver: running, and told only here
+            if trial is None and self._state(number).is_finished():
                 return  # told before the driver stopped; a resumed trial reports its end again
+            trial = number if trial is None else trial
             State = optuna.trial.TrialState
             if error:
-                self.study.tell(number, state=State.FAIL)
+                self.study.tell(trial, state=State.FAIL)
             elif values is not None:
-                self.study.tell(number, values)
+                self.study.tell(trial, values)
             else:  # stopped before the end: a partial result never shapes the front
-                self.study.tell(number, state=State.PRUNED)
+                self.study.tell(trial, state=State.PRUNED)
         except Exception:  # noqa: BLE001 - the study heals on resume (see on_trial_complete)
             log.exception("could not tell Optuna the end of trial %d", number)
 

@@ -14,7 +14,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 
-from hyperlab.tracking import layout, runs
+from hyperlab.tracking import layout, mlflow_sql, runs
 from hyperlab.tracking.store import get_or_create_experiment
 
 STEP_METRIC = "train/loss"  # in every evaluation's report: the steps a run has logged
@@ -55,6 +55,7 @@ class SearchWriter:
         self.name = name
         self.objectives = objectives
         self.experiment_id = get_or_create_experiment(self.client, name, tags={layout.TAG_SEARCH: name})
+        self._sql = mlflow_sql.RunWriter.open(tracking_uri)  # a sqlite store: runs written with SQL (cheaper)
         self.parent_id: str | None = None
         self._runs: dict[int, str] = {}  # Optuna trial number -> MLflow run id
         self._logged: dict[int, set[int]] = {}  # Optuna trial number -> steps logged (a resumed trial reports them again)
@@ -68,16 +69,15 @@ class SearchWriter:
         existing = self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_SEARCH}'")
         if existing:
             self.parent_id = existing[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            self._set_status(self.parent_id, "RUNNING")
             trials = [r for r in self.trial_runs() if r.data.tags.get(layout.TAG_OPTUNA_TRIAL, "").isdigit()]
             self._runs = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r.info.run_id for r in trials}
             self._open = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]) for r in trials if r.info.status == "RUNNING" or (
                 r.info.status == "KILLED" and r.data.tags.get(layout.TAG_OUTCOME) == "interrupted")}
             return self.parent_id
-        run = self.client.create_run(self.experiment_id, run_name=self.name, tags={
+        self.parent_id = self._create_run(self.name, {
             **tags, layout.TAG_SEARCH: self.name, layout.TAG_ROLE: layout.ROLE_SEARCH,
             layout.TAG_OBJECTIVES: json.dumps(self.objectives)})
-        self.parent_id = run.info.run_id
         runs.log_params(self.client, self.parent_id, params)
         for artifact_name, text in artifacts.items():
             self.client.log_text(self.parent_id, text, artifact_name)
@@ -85,7 +85,10 @@ class SearchWriter:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
-        self.client.set_terminated(self.parent_id, status=status)
+        self._set_status(self.parent_id, status, ended=True)
+        if self._sql is not None:
+            self._sql.close()
+            self._sql = None
 
     def trial_runs(self) -> list:
         return self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_TRIAL}'")
@@ -104,19 +107,19 @@ class SearchWriter:
         """The trial's run: created once, reopened (status RUNNING) when the trial resumes."""
         if number in self._runs:
             run_id = self._runs[number]
-            self.flush()
-            self.client.log_batch(run_id, tags=[RunTag(layout.TAG_TRIAL_ID, ray_trial_id)])
-            self.client.update_run(run_id, status="RUNNING")
+            self.flush(run_id)
+            self._log_batch(run_id, tags=[RunTag(layout.TAG_TRIAL_ID, ray_trial_id)])
+            self._set_status(run_id, "RUNNING")
             self._logged[number] = {m.step for m in self.client.get_metric_history(run_id, STEP_METRIC)}
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number, params), tags={
+        run_id = self._create_run(trial_run_name(number, params), {
             **tags, layout.TAG_PARENT: self.parent_id, layout.TAG_SEARCH: self.name,
             layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_TRIAL_ID: ray_trial_id,
             layout.TAG_OPTUNA_TRIAL: str(number)})
-        self._runs[number] = run.info.run_id
+        self._runs[number] = run_id
         self._logged[number] = set()
-        self._buffer(run.info.run_id).params.update(runs.param_values(params))  # sent with its first metrics
-        return run.info.run_id
+        self._buffer(run_id).params.update(runs.param_values(params))  # sent with its first metrics
+        return run_id
 
     def run_id(self, number: int) -> str | None:
         return self._runs.get(number)
@@ -146,18 +149,20 @@ class SearchWriter:
     def _buffer(self, run_id: str) -> _Pending:
         return self._pending.setdefault(run_id, _Pending())
 
-    def flush(self) -> None:
-        """Send what is buffered, one batch per run (calls that change a run's state flush first, so
-        that the record keeps the order of events)."""
-        while self._pending:
-            run_id, pending = next(iter(self._pending.items()))
+    def flush(self, only: str | None = None) -> None:
+        """Send what is buffered (of one run, or of all), one batch per run. A call that changes a run's
+        state flushes that run first, so that its record keeps the order of events; the other runs' buffers
+        wait for the next flush of all (one request per run and second, not one per run and event)."""
+        for run_id in [only] if only is not None else list(self._pending):
+            pending = self._pending.get(run_id)
+            if pending is None:
+                continue
             tags = [RunTag(k, v) for k, v in pending.tags.items()]
             params = [Param(k, v) for k, v in pending.params.items()]
             for start in range(0, max(len(pending.metrics), len(params), 1), runs.MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(run_id, metrics=pending.metrics[start:start + runs.MAX_PARAMS_PER_BATCH],
-                                      params=params[start:start + runs.MAX_PARAMS_PER_BATCH],
-                                      tags=tags if start == 0 else [])
-            del self._pending[run_id]
+                self._log_batch(run_id, metrics=pending.metrics[start:start + runs.MAX_PARAMS_PER_BATCH],
+                                params=params[start:start + runs.MAX_PARAMS_PER_BATCH], tags=tags if start == 0 else [])
+            del self._pending[run_id]  # only once sent: a call retried after an outage sends it again
 
     def log_model(self, number: int, checkpoint: Path) -> None:
         """A trial's final model as its run's artifacts: ``checkpoint/model.pt`` (weights only) and
@@ -171,10 +176,10 @@ class SearchWriter:
         run_id = self._runs[number]
         self._open.discard(number)
         self.set_tags(number, {layout.TAG_FIDELITY: fidelity, layout.TAG_OUTCOME: outcome})
-        self.flush()
+        self.flush(run_id)
         if error:
             self.client.log_text(run_id, error, layout.ERROR_ARTIFACT)
-        self.client.set_terminated(run_id, status=layout.STATUS_OF_FIDELITY[fidelity])
+        self._set_status(run_id, layout.STATUS_OF_FIDELITY[fidelity], ended=True)
 
     def close_open_trials(self) -> int:
         """Runs still RUNNING (the search was interrupted): KILLED, partial, outcome "interrupted";
@@ -183,11 +188,31 @@ class SearchWriter:
         closed = 0
         for run in self.trial_runs():
             if run.info.status == "RUNNING":
-                self.client.log_batch(run.info.run_id, tags=[
+                self._log_batch(run.info.run_id, tags=[
                     RunTag(layout.TAG_FIDELITY, layout.PARTIAL), RunTag(layout.TAG_OUTCOME, "interrupted")])
-                self.client.set_terminated(run.info.run_id, status="KILLED")
+                self._set_status(run.info.run_id, "KILLED", ended=True)
                 closed += 1
         return closed
+
+    # ---- MLflow's run calls: SQL on a sqlite store (``mlflow_sql.RunWriter``), else MLflow's client ------------
+    def _create_run(self, name: str, tags: dict[str, str]) -> str:
+        if self._sql is not None:
+            return self._sql.create_run(self.experiment_id, name, tags)
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def _log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
+        if self._sql is not None:
+            self._sql.log_batch(run_id, metrics, params, tags)
+        else:
+            self.client.log_batch(run_id, metrics=list(metrics), params=list(params), tags=list(tags))
+
+    def _set_status(self, run_id: str, status: str, ended: bool = False) -> None:
+        if self._sql is not None:
+            self._sql.set_status(run_id, status, ended=ended)
+        elif ended:
+            self.client.set_terminated(run_id, status=status)
+        else:
+            self.client.update_run(run_id, status=status)
 
     # ---- the search's own series and files --------------------------------------------------------
     def search_tag(self, key: str) -> str | None:
