@@ -525,3 +525,34 @@ def test_trials_tune_saw_end_but_the_study_holds_running_are_told_at_the_end(tmp
     assert states[numbers[1]] == ("COMPLETE", [7.0, 2.5])
     assert states[numbers[2]] == ("PRUNED", None)
     assert states[numbers[3]] == ("RUNNING", None)  # Tune did not see it end
+
+
+def test_a_trials_end_sends_its_own_run_in_one_batch_and_leaves_the_others_buffered(mlflow_store, monkeypatch):
+    """A trial's end is one batch of its run (metrics, params, tags) and its end; the other trials' buffered
+    results wait for the next flush of all, not one batch per run at every end."""
+    from mlflow import MlflowClient
+
+    from hyperlab.metrics import COMPLETE
+    from hyperlab.tracking import mlflow_sql
+    from hyperlab.tracking.writer import SearchWriter
+
+    writer = SearchWriter(mlflow_store, "batches", {"model/n_params": "min", "val/bpc": "min"})
+    writer.start({}, {}, {})
+    assert isinstance(writer._sql, mlflow_sql.RunWriter)  # a sqlite store: written with SQL
+    batches = []
+    monkeypatch.setattr(writer._sql, "log_batch", lambda run_id, *a, _send=writer._sql.log_batch, **k: (
+        batches.append(run_id), _send(run_id, *a, **k))[1])
+    for number in (0, 1):
+        writer.start_trial(number, f"r{number}", {"model.n_z": number + 1}, {})
+        for step in (10, 20):
+            writer.log_metrics(number, {"val/bpc": 2.0 / step, "train/loss": 1.0, "model/n_params": 10.0}, step)
+    writer.end_trial(0, COMPLETE, "completed")
+    assert batches == [writer.run_id(0)]
+    client = MlflowClient(mlflow_store)
+    ended, going = client.get_run(writer.run_id(0)), client.get_run(writer.run_id(1))
+    assert ended.info.status == "FINISHED" and ended.data.params == {"model.n_z": "1"}
+    assert [m.step for m in client.get_metric_history(ended.info.run_id, "val/bpc")] == [10, 20]
+    assert going.data.metrics == {}  # still buffered
+    writer.flush()
+    assert batches == [writer.run_id(0), writer.run_id(1)]
+    assert client.get_run(writer.run_id(1)).data.metrics["val/bpc"] == 0.1
