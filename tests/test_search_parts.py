@@ -390,6 +390,31 @@ def test_a_trial_starting_while_the_record_closes_is_never_left_running(mlflow_s
     assert recorder.writer.client.get_run(recorder.writer.parent_id).info.status == "KILLED"
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_the_first_end_of_the_record_is_its_end(mlflow_store, tmp_path, first):
+    """A SIGTERM as the search ends FINISHED (or a second close of a KILLED one) changes nothing: the
+    record keeps the first end, and the recorder says which it was."""
+    from types import SimpleNamespace
+
+    from hyperlab.metrics import COMPLETE
+    from hyperlab.search.callback import SearchRecorder
+
+    recorder = SearchRecorder(mlflow_store, f"ends-{first}", {"model/n_params": "min", "val/bpc": "min"}, total=1,
+                              experiment_path=str(tmp_path / "ray"))
+    recorder.start(tags={}, params={}, artifacts={}, resumed=False)
+    trial = SimpleNamespace(trial_id="t0", config={OPTUNA_TRIAL_KEY: 0, N_PARAMS_KEY: 100, "model.n_z": 1},
+                            last_result={"val/bpc": 2.0, "model/n_params": 100.0, COMPLETE_KEY: 1})
+    recorder.trial_started(trial)
+    if first:
+        recorder.trial_ended(trial, COMPLETE, "completed")
+    assert recorder.finish(complete=first) and recorder.finish(complete=not first)
+    expected = "FINISHED" if first else "KILLED"
+    assert recorder.ended == expected
+    assert recorder.writer.client.get_run(recorder.writer.parent_id).info.status == expected
+    [run] = recorder.writer.trial_runs()
+    assert run.info.status == expected
+
+
 def test_a_trials_checkpoints_keep_the_latest_and_fetch_whole_or_only_the_model(tmp_path):
     from hyperlab.search.trial_store import TrialCheckpoints
 

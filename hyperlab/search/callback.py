@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -45,6 +46,8 @@ class SearchRecorder:
         self.ended_before: dict[int, tuple[str, dict]] = {}  # Optuna number -> Tune status and last result, of
         # the trials that had ended when Tune's snapshot was taken (a resumed search)
         self._process: dict[str, tuple] = {}  # Tune trial id -> (node, step resumed from) of its process
+        self.ended: str | None = None  # how the record ended ("FINISHED" or "KILLED"), once ``finish`` ran
+        self._ending = threading.Lock()
         self.errors = 0
 
     def start(self, tags: dict[str, str], params: dict, artifacts: dict[str, str], resumed: bool) -> None:
@@ -142,14 +145,20 @@ class SearchRecorder:
 
     def finish(self, complete: bool) -> bool:
         """End the record: FINISHED with the final front, or KILLED with its open trial runs closed
-        (``hyperlab resume`` reopens them). Waits for the outbox; False if it could not empty it."""
-        if complete:
-            last = (partial(self.reporter.publish, True), partial(self.writer.finish, "FINISHED"))
-        else:
-            last = (self.writer.close_open_trials, partial(self.reporter.publish, True),
-                    partial(self.writer.finish, "KILLED"))
+        (``hyperlab resume`` reopens them). Waits for the outbox; False if it could not empty it. A second
+        call (SIGTERM as the search ended) waits for the first's writes and changes nothing."""
+        with self._ending:  # the first call's end is the record's
+            last = ()
+            if self.ended is None:
+                self.ended = "FINISHED" if complete else "KILLED"
+                if complete:
+                    last = (partial(self.reporter.publish, True), partial(self.writer.finish, "FINISHED"))
+                else:
+                    last = (self.writer.close_open_trials, partial(self.reporter.publish, True),
+                            partial(self.writer.finish, "KILLED"))
+            self.outbox.close(0, *last)  # queued now; waited for below
         started = time.monotonic()
-        done = self.outbox.close(FLUSH_TIMEOUT_S, *last)
+        done = self.outbox.flush(FLUSH_TIMEOUT_S)
         if not done:
             log.error("MLflow could not be reached for %.0f s; %d writes were not made", time.monotonic() - started,
                       self.outbox.pending)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,8 @@ def _run(home: SearchHome, space: SearchSpace, base_config, space_text: str, res
 
     def close_record():
         recorder.finish(complete=False)
+        if recorder.ended == "KILLED":  # not when the search had ended FINISHED as the signal came
+            print("hyperlab: the search ends KILLED (`hyperlab resume` continues it)", file=sys.stderr)
 
     ON_TERMINATE[:0] = [seal_studies, close_record]  # the study first: a trial told now would miss its MLflow end
     try:

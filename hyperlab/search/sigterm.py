@@ -46,10 +46,7 @@ def sigterm_ends_cleanly():
 def _wait_for_sigterm() -> None:
     signal.sigwait({signal.SIGTERM})
     TERMINATING.set()
-    if ON_TERMINATE:
-        print("hyperlab: terminated; the search ends KILLED (`hyperlab resume` continues it)", file=sys.stderr)
-    else:
-        print("hyperlab: terminated", file=sys.stderr)
+    print("hyperlab: terminated", file=sys.stderr)  # what it ends, ON_TERMINATE says
     for cleanup in list(ON_TERMINATE):
         try:
             cleanup()
