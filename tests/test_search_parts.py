@@ -100,6 +100,31 @@ def test_after_sigterm_the_study_takes_no_more_tells_and_the_trial_is_adopted_on
     assert resumed.orphans() == [going[OPTUNA_TRIAL_KEY], asked_ahead[OPTUNA_TRIAL_KEY]]
 
 
+def test_a_hand_out_the_seal_cut_off_is_recorded_on_resume_not_adopted_again(tmp_path):
+    """SIGTERM seals the study between a hand-out and its record, and Tune's last snapshot holds that trial:
+    the resumed searcher records the hand-out under Tune's id, so Tune runs it once (its own restored trial)
+    and it counts as handed out (the search's end needs every handed-out trial ended)."""
+    search, _, _ = searcher(tmp_path)
+    first, second = search.suggest("first"), search.suggest("second")
+    search.wait_for_tells()
+    try:
+        searcher_module.seal_studies()
+        cut = search.suggest("cut")  # handed to Tune; its record never made
+        search.wait_for_tells()
+    finally:
+        searcher_module._SEALED.clear()
+    snapshot = tmp_path / "searcher-state.json"
+    search.save(str(snapshot))  # Tune's snapshot after the hand-out
+    number = cut[OPTUNA_TRIAL_KEY]
+    assert "ray_trial_id" not in {t.number: t for t in search.study.trials}[number].user_attrs
+    resumed = StudySearcher(search._space, search._base_config, study_name="unit", optuna_storage=search._url)
+    resumed.restore(str(snapshot))
+    assert {t.number: t for t in resumed.study.trials}[number].user_attrs["ray_trial_id"] == "cut"
+    assert number not in resumed._adopt  # Tune restores it: not handed out a second time
+    fresh = resumed.suggest("fourth")
+    assert fresh[OPTUNA_TRIAL_KEY] not in (first[OPTUNA_TRIAL_KEY], second[OPTUNA_TRIAL_KEY], number)
+
+
 def test_suggestions_made_after_the_last_snapshot_are_adopted_not_asked_again(tmp_path):
     """What a driver killed between Ray's snapshots leaves: Tune's saved state knows trials a, b; c was
     asked (and handed to Tune) after, and the one after c asked ahead. A searcher restored from that state

@@ -315,7 +315,18 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self._numbers = {str(k): int(v) for k, v in json.load(f)["numbers"].items()}
+        self._record_hand_outs()
         self._adopt = self.orphans()
+
+    def _record_hand_outs(self) -> None:
+        """Trials Tune's snapshot holds whose hand-out the study never recorded (a SIGTERM sealed the study,
+        or a kill came, between the hand-out and its record): recorded now. Tune runs them as its own, so
+        they are neither adopted again nor missing from the count of trials handed out."""
+        tune_ids = {number: trial_id for trial_id, number in self._numbers.items()}
+        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.number in tune_ids and ATTR_RAY_TRIAL not in trial.user_attrs:
+                self._storage_obj.set_trial_user_attr(self._trial_storage_id(trial.number), ATTR_RAY_TRIAL,
+                                                      tune_ids[trial.number])
 
     def orphans(self) -> list[int]:
         """Numbers of the study's unfinished trials that Tune's restored state does not know: the ones to
