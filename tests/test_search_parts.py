@@ -588,9 +588,9 @@ def test_a_trials_end_sends_its_own_run_in_one_batch_and_leaves_the_others_buffe
 
     writer = SearchWriter(mlflow_store, "batches", {"model/n_params": "min", "val/bpc": "min"})
     writer.start({}, {}, {})
-    assert isinstance(writer._sql, mlflow_sql.RunWriter)  # a sqlite store: written with SQL
+    assert isinstance(writer._calls, mlflow_sql.RunWriter)  # a sqlite store: written with SQL
     batches = []
-    monkeypatch.setattr(writer._sql, "log_batch", lambda run_id, *a, _send=writer._sql.log_batch, **k: (
+    monkeypatch.setattr(writer._calls, "log_batch", lambda run_id, *a, _send=writer._calls.log_batch, **k: (
         batches.append(run_id), _send(run_id, *a, **k))[1])
     for number in (0, 1):
         writer.start_trial(number, f"r{number}", {"model.n_z": number + 1}, {})

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from hyperlab.tracking import mlflow_sql
 from hyperlab.tracking.store import get_or_create_experiment
+from hyperlab.tracking.writer import ClientRunWriter
 
 NAN, INF = float("nan"), float("inf")
 
@@ -25,23 +26,6 @@ def _stores(_empty_store, tmp_path):
         shutil.copy(_empty_store, tmp_path / f"{side}.db")
         uris.append(f"sqlite:///{tmp_path / f'{side}.db'}")
     return uris
-
-
-class ClientSide:
-    def __init__(self, uri):
-        self.client = MlflowClient(uri)
-
-    def create_run(self, experiment_id, name, tags, start_time):
-        return self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name).info.run_id
-
-    def log_batch(self, run_id, metrics=(), params=(), tags=()):
-        self.client.log_batch(run_id, metrics=list(metrics), params=list(params), tags=list(tags))
-
-    def set_status(self, run_id, status, end_time=None, ended=False):
-        if ended:
-            self.client.set_terminated(run_id, status=status, end_time=end_time)
-        else:
-            self.client.update_run(run_id, status=status)
 
 
 def _story(side, experiment_id):
@@ -66,7 +50,7 @@ def _story(side, experiment_id):
     side.log_batch(b, metrics=[Metric("val/bpc", 2.9, 9600, 30)])
 
 
-def _rows(uri, experiment_id):
+def _rows(uri):
     """Every row of every table, run ids replaced by the run's name order, sorted."""
     path = uri.removeprefix("sqlite:///")
     with closing(sqlite3.connect(path)) as conn:
@@ -92,21 +76,20 @@ def test_the_writer_leaves_the_rows_mlflows_store_leaves(_empty_store, tmp_path)
     client_uri, sql_uri = _stores(_empty_store, tmp_path)
     ids = [get_or_create_experiment(MlflowClient(uri), "search") for uri in (client_uri, sql_uri)]
     assert ids[0] == ids[1]
-    _story(ClientSide(client_uri), ids[0])
+    _story(ClientRunWriter(MlflowClient(client_uri)), ids[0])
     writer = mlflow_sql.RunWriter.open(sql_uri)
     _story(writer, ids[1])
     writer.close()
-    client_rows, sql_rows = _rows(client_uri, ids[0]), _rows(sql_uri, ids[1])
+    client_rows, sql_rows = _rows(client_uri), _rows(sql_uri)
     for table in ("experiments", "experiment_tags"):  # artifact locations name the store's folder
         client_rows.pop(table), sql_rows.pop(table)
     assert {t: len(r) for t, r in sql_rows.items() if r} == {t: len(r) for t, r in client_rows.items() if r}
     for table in client_rows:
         if table == "runs":  # the artifact folders differ by the store's folder only
-            strip = lambda rows, uri: [tuple(v.replace(str(tmp_path), "") if isinstance(v, str) else v for v in r)
-                                       for r in rows]
-            assert strip(sql_rows[table], sql_uri) == strip(client_rows[table], client_uri)
-        else:
-            assert sql_rows[table] == client_rows[table], table
+            for rows in (sql_rows, client_rows):
+                rows[table] = [tuple(v.replace(str(tmp_path), "") if isinstance(v, str) else v for v in r)
+                               for r in rows[table]]
+        assert sql_rows[table] == client_rows[table], table
     # and MLflow reads what the writer wrote
     client = MlflowClient(sql_uri)
     run = client.search_runs([ids[1]], "tags.`mlflow.runName` = 't00 h16'")[0]

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -120,9 +120,10 @@ class RunWriter:
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], start_time: int | None = None) -> str:
         """A RUNNING run, as ``MlflowClient.create_run``: its name also as the ``mlflow.runName`` tag, its
         artifacts under the experiment's location; returns its id."""
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
         from mlflow.utils.validation import _validate_tag
 
-        tags = {**tags, RUN_NAME_TAG: run_name}
+        tags = {**tags, MLFLOW_RUN_NAME: run_name}
         validated = [_validate_tag(key, value) for key, value in tags.items()]
         run_id = uuid.uuid4().hex
         with self._transaction() as conn:
@@ -131,8 +132,8 @@ class RunWriter:
                 "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status, "
                 "start_time, end_time, deleted_time, source_version, lifecycle_stage, artifact_uri, experiment_id) "
                 "VALUES (?, ?, 'UNKNOWN', '', '', ?, 'RUNNING', ?, NULL, NULL, '', 'active', ?, ?)",
-                (run_id, run_name, tags.get(USER_TAG, "unknown"), _millis(start_time), f"{root.rstrip('/')}/{run_id}/artifacts",
-                 int(experiment_id)))
+                (run_id, run_name, tags.get(MLFLOW_USER, "unknown"), _millis(start_time),
+                 f"{root.rstrip('/')}/{run_id}/artifacts", int(experiment_id)))
             self._set_tags(conn, run_id, validated)
         return run_id
 
@@ -179,22 +180,16 @@ class RunWriter:
                 conn.execute("UPDATE runs SET status = ? WHERE run_uuid = ?", (status, run_id))
 
     # ---- parts ---------------------------------------------------------------------------------------------
+    @contextmanager
     def _transaction(self):
-        writer = self
-
-        class _Transaction:
-            def __enter__(self):
-                writer._lock.acquire()
-                writer._conn.execute("BEGIN IMMEDIATE")  # the write lock now: no upgrade deadlock with a reader
-                return writer._conn
-
-            def __exit__(self, kind, error, trace):
-                try:
-                    writer._conn.execute("COMMIT" if kind is None else "ROLLBACK")
-                finally:
-                    writer._lock.release()
-
-        return _Transaction()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # the write lock now: no upgrade deadlock with a reader
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def _artifact_root(self, conn: sqlite3.Connection, experiment_id: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -221,16 +216,16 @@ class RunWriter:
 
     @staticmethod
     def _set_tags(conn: sqlite3.Connection, run_id: str, tags) -> None:
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
         conn.executemany('INSERT INTO tags ("key", value, run_uuid) VALUES (?, ?, ?) '
                          'ON CONFLICT ("key", run_uuid) DO UPDATE SET value = excluded.value',
                          [(t.key, t.value, run_id) for t in tags])
-        names = [t.value for t in tags if t.key == RUN_NAME_TAG]
+        names = [t.value for t in tags if t.key == MLFLOW_RUN_NAME]
         if names:  # MLflow keeps the run's name and this tag equal
             conn.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (names[-1], run_id))
 
 
-RUN_NAME_TAG = "mlflow.runName"
-USER_TAG = "mlflow.user"
 _MAX_FLOAT = 1.7976931348623157e308
 _LATEST_SQL = """
 INSERT INTO latest_metrics ("key", value, is_nan, timestamp, step, run_uuid) VALUES (?, ?, ?, ?, ?, ?)

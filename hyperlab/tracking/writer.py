@@ -55,7 +55,8 @@ class SearchWriter:
         self.name = name
         self.objectives = objectives
         self.experiment_id = get_or_create_experiment(self.client, name, tags={layout.TAG_SEARCH: name})
-        self._sql = mlflow_sql.RunWriter.open(tracking_uri)  # a sqlite store: runs written with SQL (cheaper)
+        # a sqlite store: runs written with SQL (cheaper); else through MLflow's client
+        self._calls = mlflow_sql.RunWriter.open(tracking_uri) or ClientRunWriter(self.client)
         self.parent_id: str | None = None
         self._runs: dict[int, str] = {}  # Optuna trial number -> MLflow run id
         self._logged: dict[int, set[int]] = {}  # Optuna trial number -> steps logged (a resumed trial reports them again)
@@ -69,13 +70,13 @@ class SearchWriter:
         existing = self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_SEARCH}'")
         if existing:
             self.parent_id = existing[0].info.run_id
-            self._set_status(self.parent_id, "RUNNING")
+            self._calls.set_status(self.parent_id, "RUNNING")
             trials = [r for r in self.trial_runs() if r.data.tags.get(layout.TAG_OPTUNA_TRIAL, "").isdigit()]
             self._runs = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r.info.run_id for r in trials}
             self._open = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]) for r in trials if r.info.status == "RUNNING" or (
                 r.info.status == "KILLED" and r.data.tags.get(layout.TAG_OUTCOME) == "interrupted")}
             return self.parent_id
-        self.parent_id = self._create_run(self.name, {
+        self.parent_id = self._calls.create_run(self.experiment_id, self.name, {
             **tags, layout.TAG_SEARCH: self.name, layout.TAG_ROLE: layout.ROLE_SEARCH,
             layout.TAG_OBJECTIVES: json.dumps(self.objectives)})
         runs.log_params(self.client, self.parent_id, params)
@@ -85,10 +86,8 @@ class SearchWriter:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
-        self._set_status(self.parent_id, status, ended=True)
-        if self._sql is not None:
-            self._sql.close()
-            self._sql = None
+        self._calls.set_status(self.parent_id, status, ended=True)
+        self._calls.close()
 
     def trial_runs(self) -> list:
         return self._find(f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_TRIAL}'")
@@ -108,11 +107,11 @@ class SearchWriter:
         if number in self._runs:
             run_id = self._runs[number]
             self.flush(run_id)
-            self._log_batch(run_id, tags=[RunTag(layout.TAG_TRIAL_ID, ray_trial_id)])
-            self._set_status(run_id, "RUNNING")
+            self._calls.log_batch(run_id, tags=[RunTag(layout.TAG_TRIAL_ID, ray_trial_id)])
+            self._calls.set_status(run_id, "RUNNING")
             self._logged[number] = {m.step for m in self.client.get_metric_history(run_id, STEP_METRIC)}
             return run_id
-        run_id = self._create_run(trial_run_name(number, params), {
+        run_id = self._calls.create_run(self.experiment_id, trial_run_name(number, params), {
             **tags, layout.TAG_PARENT: self.parent_id, layout.TAG_SEARCH: self.name,
             layout.TAG_ROLE: layout.ROLE_TRIAL, layout.TAG_TRIAL_ID: ray_trial_id,
             layout.TAG_OPTUNA_TRIAL: str(number)})
@@ -160,7 +159,7 @@ class SearchWriter:
             tags = [RunTag(k, v) for k, v in pending.tags.items()]
             params = [Param(k, v) for k, v in pending.params.items()]
             for start in range(0, max(len(pending.metrics), len(params), 1), runs.MAX_PARAMS_PER_BATCH):
-                self._log_batch(run_id, metrics=pending.metrics[start:start + runs.MAX_PARAMS_PER_BATCH],
+                self._calls.log_batch(run_id, metrics=pending.metrics[start:start + runs.MAX_PARAMS_PER_BATCH],
                                 params=params[start:start + runs.MAX_PARAMS_PER_BATCH], tags=tags if start == 0 else [])
             del self._pending[run_id]  # only once sent: a call retried after an outage sends it again
 
@@ -179,7 +178,7 @@ class SearchWriter:
         self.flush(run_id)
         if error:
             self.client.log_text(run_id, error, layout.ERROR_ARTIFACT)
-        self._set_status(run_id, layout.STATUS_OF_FIDELITY[fidelity], ended=True)
+        self._calls.set_status(run_id, layout.STATUS_OF_FIDELITY[fidelity], ended=True)
 
     def close_open_trials(self) -> int:
         """Runs still RUNNING (the search was interrupted): KILLED, partial, outcome "interrupted";
@@ -188,31 +187,11 @@ class SearchWriter:
         closed = 0
         for run in self.trial_runs():
             if run.info.status == "RUNNING":
-                self._log_batch(run.info.run_id, tags=[
+                self._calls.log_batch(run.info.run_id, tags=[
                     RunTag(layout.TAG_FIDELITY, layout.PARTIAL), RunTag(layout.TAG_OUTCOME, "interrupted")])
-                self._set_status(run.info.run_id, "KILLED", ended=True)
+                self._calls.set_status(run.info.run_id, "KILLED", ended=True)
                 closed += 1
         return closed
-
-    # ---- MLflow's run calls: SQL on a sqlite store (``mlflow_sql.RunWriter``), else MLflow's client ------------
-    def _create_run(self, name: str, tags: dict[str, str]) -> str:
-        if self._sql is not None:
-            return self._sql.create_run(self.experiment_id, name, tags)
-        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-
-    def _log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        if self._sql is not None:
-            self._sql.log_batch(run_id, metrics, params, tags)
-        else:
-            self.client.log_batch(run_id, metrics=list(metrics), params=list(params), tags=list(tags))
-
-    def _set_status(self, run_id: str, status: str, ended: bool = False) -> None:
-        if self._sql is not None:
-            self._sql.set_status(run_id, status, ended=ended)
-        elif ended:
-            self.client.set_terminated(run_id, status=status)
-        else:
-            self.client.update_run(run_id, status=status)
 
     # ---- the search's own series and files --------------------------------------------------------
     def search_tag(self, key: str) -> str | None:
@@ -226,3 +205,25 @@ class SearchWriter:
 
     def log_search_artifacts(self, directory, artifact_path: str) -> None:
         self.client.log_artifacts(self.parent_id, str(directory), artifact_path)
+
+
+class ClientRunWriter:
+    """``mlflow_sql.RunWriter``'s calls through MLflow's client (any store: a tracking server, another schema)."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], start_time: int | None = None) -> str:
+        return self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name).info.run_id
+
+    def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
+        self.client.log_batch(run_id, metrics=list(metrics), params=list(params), tags=list(tags))
+
+    def set_status(self, run_id: str, status: str, end_time: int | None = None, ended: bool = False) -> None:
+        if ended:
+            self.client.set_terminated(run_id, status=status, end_time=end_time)
+        else:
+            self.client.update_run(run_id, status=status)
+
+    def close(self) -> None:
+        pass
