@@ -1,5 +1,5 @@
 """What hyperlab's driver costs a search: the same null trainable (reports 10 results, trains nothing)
-through hyperlab's search (its Optuna study in sqlite, MLflow record in sqlite, lease, reports) and
+through hyperlab's search (its Optuna study in a journal file, MLflow record in sqlite, lease, reports) and
 through bare Ray Tune with its OptunaSearch, side by side in one run, on one local Ray, with the same Tune
 settings: once as Tune runs by default (a new worker process per trial) and once reusing workers (as
 hyperlab does; Tune's own per-trial cost then nearly vanishes, and what is left is the record's).

@@ -58,14 +58,16 @@ def runs_of(tmp_path: Path, name: str):
 
 
 def optuna_study(tmp_path: Path, name: str):
-    """The search's study, as Optuna's own tools open it (the database beside the MLflow store)."""
+    """The search's study, as Optuna's own tools open it (the journal beside the MLflow store)."""
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
 
 
-def _dashboard_sees(db: Path, name: str, trials: int, complete: int) -> None:
-    """optuna-dashboard, started on the study's database, serves the study with its trials."""
+def _dashboard_sees(journal: Path, name: str, trials: int, complete: int) -> None:
+    """optuna-dashboard, started on the study's journal file, serves the study with its trials."""
     import json
     import socket
     import urllib.request
@@ -73,7 +75,7 @@ def _dashboard_sees(db: Path, name: str, trials: int, complete: int) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), f"sqlite:///{db}",
+    server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), str(journal),
                                "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -134,7 +136,7 @@ def test_search_end_to_end(mlflow_store, tmp_path, capsys, monkeypatch):
     infeasible = [t for t in study.trials if "infeasible" in t.user_attrs]
     assert infeasible and all(t.state.name == "FAIL" for t in infeasible)  # sampled but never trained
     assert all(int(t.user_attrs["infeasible"].split()[0]) > BUDGET for t in infeasible)
-    _dashboard_sees(tmp_path / "optuna.db", "tiny", len(study.trials), states.count("COMPLETE"))
+    _dashboard_sees(tmp_path / "optuna.log", "tiny", len(study.trials), states.count("COMPLETE"))
     # Optuna's values are the objectives each trial logged
     by_number = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r for r in trials}
     for t in study.trials:
@@ -368,7 +370,7 @@ def test_quickstart_smoke_test(mlflow_store, tmp_path):
     manifest = read_manifest("qs", uri(tmp_path))  # where the search lives, as resume reads it
     assert manifest["smoke_test"] is True  # a resume shrinks it again
     assert manifest["storage"] == str(tmp_path / "ray") and manifest["tracking_uri"] == uri(tmp_path)
-    assert manifest["optuna_storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"  # beside the MLflow store
+    assert manifest["optuna_storage"] == str(tmp_path / "optuna.log")  # beside the MLflow store
 
 
 @pytest.mark.long

@@ -21,6 +21,8 @@ import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from hyperlab.tracking import layout
 
@@ -187,7 +189,7 @@ def test_an_interrupted_search_resumes_to_exactly_the_uninterrupted_one(moment, 
             assert int(run.data.tags.get(layout.TAG_RESUMED_FROM, 0)) >= unfinished[number], number
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/bpc")]
         assert steps == list(range(10, 61, 10)), (run.data.tags[layout.TAG_OPTUNA_TRIAL], steps)
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
     complete = {t.number: tuple(t.values) for t in study.trials if t.state.name == "COMPLETE"}
     assert complete == uninterrupted  # Optuna's record equals MLflow's
     assert not [t for t in study.trials if t.state.name == "RUNNING"]

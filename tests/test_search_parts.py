@@ -24,16 +24,23 @@ from conftest import REPO
 TINY = REPO / "tests" / "data" / "tiny_search.yaml"
 
 
-def searcher(tmp_path, seed: int = 1):
+@pytest.fixture(params=["journal", "sqlite"])
+def kind(request):
+    """The study's storage: Optuna's journal file (the local default) or its RDB storage."""
+    return request.param
+
+
+def searcher(tmp_path, kind: str, seed: int = 1):
     space, base = load_search_space(TINY)
     space = space.model_copy(update={"sampler": space.sampler.model_copy(update={"seed": seed})})
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    url = str(tmp_path / "optuna.log") if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
     create_study(space, "unit", url)
     return StudySearcher(space, base, study_name="unit", optuna_storage=url), base, space.budget.max_params
 
 
-def test_suggestions_are_sized_and_over_budget_ones_never_reach_tune(tmp_path):
-    search, base, budget = searcher(tmp_path)
+def test_suggestions_are_sized_and_over_budget_ones_never_reach_tune(tmp_path, kind):
+    search, base, budget = searcher(tmp_path, kind)
     for i in range(4):  # the space's trials
         config = search.suggest(f"t{i}")
         overrides = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -48,8 +55,8 @@ def test_suggestions_are_sized_and_over_budget_ones_never_reach_tune(tmp_path):
     assert rejected and all(t.user_attrs["n_params"] > budget and "infeasible" in t.user_attrs for t in rejected)
 
 
-def test_early_stopped_trials_go_back_as_pruned_and_errors_as_failed(tmp_path):
-    search, _, _ = searcher(tmp_path)
+def test_early_stopped_trials_go_back_as_pruned_and_errors_as_failed(tmp_path, kind):
+    search, _, _ = searcher(tmp_path, kind)
     configs = {tid: search.suggest(tid) for tid in ("done", "stopped", "crashed")}
     result = {"model/n_params": 5000.0, "val/bpc": 4.5}
     search.on_trial_complete("done", {**result, COMPLETE_KEY: 1})
@@ -64,9 +71,9 @@ def test_early_stopped_trials_go_back_as_pruned_and_errors_as_failed(tmp_path):
     assert search.study.metric_names == ["model/n_params", "val/bpc"]
 
 
-def test_a_trial_told_already_is_left_as_it_is(tmp_path):
+def test_a_trial_told_already_is_left_as_it_is(tmp_path, kind):
     """A resumed trial that reports its end again (from its final checkpoint) does not tell Optuna twice."""
-    search, _, _ = searcher(tmp_path)
+    search, _, _ = searcher(tmp_path, kind)
     config = search.suggest("a")
     search.on_trial_complete("a", {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
     search._numbers["a2"] = config[OPTUNA_TRIAL_KEY]  # the same trial, restarted under another Tune id
@@ -75,10 +82,10 @@ def test_a_trial_told_already_is_left_as_it_is(tmp_path):
     assert search.study.trials[config[OPTUNA_TRIAL_KEY]].values == [1.0, 2.0]
 
 
-def test_after_sigterm_the_study_takes_no_more_tells_and_the_trial_is_adopted_on_resume(tmp_path):
+def test_after_sigterm_the_study_takes_no_more_tells_and_the_trial_is_adopted_on_resume(tmp_path, kind):
     """A SIGTERM'd driver's Tune loop runs on while the record closes: a trial that ends then must not be
     told (its end no longer reaches MLflow), so the resumed search adopts it and reports its end there."""
-    search, _, _ = searcher(tmp_path)
+    search, _, _ = searcher(tmp_path, kind)
     ended, going = search.suggest("ended"), search.suggest("going")
     search.on_trial_complete("ended", {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
     search.wait_for_tells()
@@ -100,11 +107,11 @@ def test_after_sigterm_the_study_takes_no_more_tells_and_the_trial_is_adopted_on
     assert resumed.orphans() == [going[OPTUNA_TRIAL_KEY], asked_ahead[OPTUNA_TRIAL_KEY]]
 
 
-def test_a_hand_out_the_seal_cut_off_is_recorded_on_resume_not_adopted_again(tmp_path):
+def test_a_hand_out_the_seal_cut_off_is_recorded_on_resume_not_adopted_again(tmp_path, kind):
     """SIGTERM seals the study between a hand-out and its record, and Tune's last snapshot holds that trial:
     the resumed searcher records the hand-out under Tune's id, so Tune runs it once (its own restored trial)
     and it counts as handed out (the search's end needs every handed-out trial ended)."""
-    search, _, _ = searcher(tmp_path)
+    search, _, _ = searcher(tmp_path, kind)
     first, second = search.suggest("first"), search.suggest("second")
     search.wait_for_tells()
     try:
@@ -125,19 +132,19 @@ def test_a_hand_out_the_seal_cut_off_is_recorded_on_resume_not_adopted_again(tmp
     assert fresh[OPTUNA_TRIAL_KEY] not in (first[OPTUNA_TRIAL_KEY], second[OPTUNA_TRIAL_KEY], number)
 
 
-def test_suggestions_made_after_the_last_snapshot_are_adopted_not_asked_again(tmp_path):
+def test_suggestions_made_after_the_last_snapshot_are_adopted_not_asked_again(tmp_path, kind):
     """What a driver killed between Ray's snapshots leaves: Tune's saved state knows trials a, b; c was
     asked (and handed to Tune) after, and the one after c asked ahead. A searcher restored from that state
     hands c out again, with its number and parameters, then the one asked ahead, before asking Optuna for
     anything new."""
-    search, _, _ = searcher(tmp_path)
+    search, _, _ = searcher(tmp_path, kind)
     a, b = search.suggest("a"), search.suggest("b")
     snapshot = tmp_path / "searcher-state.json"
     search.save(str(snapshot))
     c = search.suggest("c")
     search.wait_for_tells()
     ahead = max(t.number for t in search.study.trials)
-    restored, _, _ = searcher(tmp_path)
+    restored, _, _ = searcher(tmp_path, kind)
     restored.restore(str(snapshot))
     assert restored.orphans() == [c[OPTUNA_TRIAL_KEY], ahead]
     again = restored.suggest("c-new")
@@ -148,32 +155,32 @@ def test_suggestions_made_after_the_last_snapshot_are_adopted_not_asked_again(tm
     assert sorted(numbers) == sorted(x[OPTUNA_TRIAL_KEY] for x in (a, b, c, fresh))
 
 
-def test_a_trial_asked_but_never_handed_out_is_adopted_not_asked_again(tmp_path):
+def test_a_trial_asked_but_never_handed_out_is_adopted_not_asked_again(tmp_path, kind):
     """The driver stopped between Optuna's ask and the hand-out to Tune (the next suggestion is asked
     ahead, so a stop lands there often): on resume that trial is sized and handed out under its own number,
     with the parameters an uninterrupted search gives it, also when the ask itself was cut short (its
     parameters not all written)."""
     (tmp_path / "reference").mkdir()
     (tmp_path / "cut").mkdir()
-    reference, _, _ = searcher(tmp_path / "reference")
+    reference, _, _ = searcher(tmp_path / "reference", kind)
     expected = [reference.suggest(f"r{i}") for i in range(3)]
 
-    search, _, _ = searcher(tmp_path)
+    search, _, _ = searcher(tmp_path, kind)
     first = search.suggest("a")
     snapshot = tmp_path / "searcher-state.json"
     search.save(str(snapshot))
     search.wait_for_tells()  # the next suggestion is asked ahead, not handed out: the driver stops here
-    restored, _, _ = searcher(tmp_path)
+    restored, _, _ = searcher(tmp_path, kind)
     restored.restore(str(snapshot))
     assert restored.orphans() == [expected[1][OPTUNA_TRIAL_KEY]]
     assert [first, restored.suggest("b"), restored.suggest("c")] == expected
 
-    cut, _, _ = searcher(tmp_path / "cut")
+    cut, _, _ = searcher(tmp_path / "cut", kind)
     cut.suggest("a")
     cut.save(str(tmp_path / "cut-state.json"))
     cut.wait_for_tells()
     partial = cut.study.ask()  # after the one asked ahead: killed before any parameter was written
-    restored, _, _ = searcher(tmp_path / "cut")
+    restored, _, _ = searcher(tmp_path / "cut", kind)
     restored.restore(str(tmp_path / "cut-state.json"))
     finished, same = restored.study.trials[partial.number], reference.study.trials[partial.number]
     assert finished.params == same.params and set(same.params) == set(reference._space.distributions())
@@ -182,10 +189,10 @@ def test_a_trial_asked_but_never_handed_out_is_adopted_not_asked_again(tmp_path)
     assert restored.orphans() == adopted
 
 
-def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_path):
+def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_path, kind):
     """Tune's saved count knows two trials; a third was handed out and ended after the snapshot. With four
     trials asked for, the restored searcher hands out exactly one more, then says it is finished."""
-    search, _, _ = searcher(tmp_path)
+    search, _, _ = searcher(tmp_path, kind)
     space_trials = search._space.trials  # 4 in the tiny space
     first = [search.suggest(f"t{i}") for i in range(2)]
     snapshot = tmp_path / "searcher-state.json"
@@ -194,7 +201,7 @@ def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_p
     search.on_trial_complete("late", {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
     search.wait_for_tells()
     ahead = max(t.number for t in search.study.trials)  # asked ahead for a fourth trial
-    restored, _, _ = searcher(tmp_path)
+    restored, _, _ = searcher(tmp_path, kind)
     restored.restore(str(snapshot))
     assert restored.orphans() == [ahead]  # the late one ended: only the one asked ahead is adopted
     more = restored.suggest("new")
@@ -202,16 +209,17 @@ def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_p
     assert restored.suggest("one-too-many") == "FINISHED" and space_trials == 4
 
 
-def test_suggestions_depend_on_the_seed_and_the_trial_number_only(tmp_path):
+def test_suggestions_depend_on_the_seed_and_the_trial_number_only(tmp_path, kind):
     """The same seed gives the same trials in a fresh study, whatever the driver did in between (here: a
     second searcher object, as a resumed driver makes)."""
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    first, _, _ = searcher(tmp_path / "one", seed=3)
-    second, _, _ = searcher(tmp_path / "two", seed=3)
+    first, _, _ = searcher(tmp_path / "one", kind, seed=3)
+    second, _, _ = searcher(tmp_path / "two", kind, seed=3)
     made = [first.suggest(f"x{i}") for i in range(4)]
     second_half = [second.suggest(f"y{i}") for i in range(2)]
-    other, _, _ = searcher(tmp_path / "two", seed=3)  # a new searcher on the same study continues it
+    second.wait_for_tells()  # the driver stops (a resumed one never runs beside it: the lease)
+    other, _, _ = searcher(tmp_path / "two", kind, seed=3)  # a new searcher on the same study continues it
     second_half += [other.suggest(f"z{i}") for i in range(2)]
     assert second_half == made
 
@@ -555,13 +563,13 @@ def test_a_trial_that_ended_before_the_driver_was_killed_gets_its_end_on_resume(
     assert len(MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "val/bpc")) == 3
 
 
-def test_trials_tune_saw_end_but_the_study_holds_running_are_told_at_the_end(tmp_path):
+def test_trials_tune_saw_end_but_the_study_holds_running_are_told_at_the_end(tmp_path, kind):
     """A kill between Tune's snapshot of trials' ends and the tells: the study is told from Tune's record
     (complete with its objectives, stopped early as PRUNED); trials it had told already, and ones Tune did
     not see end, are left as they are."""
     from hyperlab.search.searcher import tell_ended
 
-    search, _, _ = searcher(tmp_path)
+    search, _, _ = searcher(tmp_path, kind)
     numbers = [search.suggest(f"t{i}")[OPTUNA_TRIAL_KEY] for i in range(4)]
     search.on_trial_complete("t0", {"model/n_params": 5.0, "val/bpc": 1.0, COMPLETE_KEY: 1})
     search.wait_for_tells()
@@ -606,3 +614,59 @@ def test_a_trials_end_sends_its_own_run_in_one_batch_and_leaves_the_others_buffe
     writer.flush()
     assert batches == [writer.run_id(0), writer.run_id(1)]
     assert client.get_run(writer.run_id(1)).data.metrics["val/bpc"] == 0.1
+
+
+def test_a_journal_lock_dies_with_its_holder(tmp_path):
+    """A driver killed while it holds the journal's lock leaves nothing for the next one to wait out: the
+    kernel releases a flock with its holder's process."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hyperlab.search.study_storage import FlockLock
+
+    path = tmp_path / "optuna.log.flock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hyperlab.search.study_storage import "
+                               f"FlockLock\nFlockLock({str(path)!r}).acquire()\nprint('held', flush=True)\n"
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        probe = os.open(path, os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(probe)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    lock = FlockLock(str(path))
+    start = time.monotonic()
+    assert lock.acquire()
+    assert time.monotonic() - start < 1.0
+    lock.release()
+
+
+def test_two_writers_of_one_journal_lose_no_operation(tmp_path):
+    """Two processes writing their own studies into one journal file: every trial of both is there, in
+    order, and Optuna's own backend (its default lock, as optuna-dashboard opens it) reads them all."""
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = str(tmp_path / "optuna.log")
+    script = ("import optuna, sys\nfrom hyperlab.search.study_storage import open_storage\n"
+              "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
+              "study = optuna.create_study(study_name=sys.argv[2], storage=open_storage(sys.argv[1]))\n"
+              "for i in range(150):\n    study.tell(study.ask({'x': optuna.distributions.FloatDistribution(0, 1)}), i)\n")
+    writers = [subprocess.Popen([sys.executable, "-c", script, journal, name]) for name in ("a", "b")]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    storage = JournalStorage(JournalFileBackend(journal))
+    for name in ("a", "b"):
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        assert [t.number for t in trials] == list(range(150))
+        assert [t.value for t in trials] == [float(i) for i in range(150)]
+        assert all(t.state.name == "COMPLETE" for t in trials)

@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "laptop); 'auto' joins the cluster this machine is a node of (default: a local Ray)")
     s.add_argument("--storage", metavar="DIR_OR_URI", help="Ray's results and the trials' checkpoints: a folder "
                    "or s3://BUCKET/PREFIX (default: $HYPERLAB_STORAGE, else ray/ beside a sqlite MLflow store)")
-    s.add_argument("--optuna-storage", metavar="URL", help="the Optuna study's database, e.g. postgresql://HOST/optuna "
-                   "(default: $HYPERLAB_OPTUNA_STORAGE, else optuna.db beside a sqlite MLflow store)")
+    s.add_argument("--optuna-storage", metavar="URL|FILE", help="the Optuna study: a database, e.g. "
+                   "postgresql://HOST/optuna, or a journal file (default: $HYPERLAB_OPTUNA_STORAGE, else the "
+                   "journal optuna.log beside a sqlite MLflow store)")
     s.add_argument("--smoke-test", action="store_true", help="shrink the search to seconds (2 trials, a few steps)")
     s.add_argument("--num-cpus", type=positive_int, help="CPUs of the local Ray (default: all)")
     s.add_argument("--num-gpus", type=non_negative_int, help="GPUs of the local Ray (default: those it finds)")

@@ -207,6 +207,7 @@ def status(args: argparse.Namespace) -> int:
     from hyperlab.cli.analysis import search_summary
     from hyperlab.search.home import SearchHome
     from hyperlab.search.lease import Lease
+    from hyperlab.search.study_storage import lease_url
     from hyperlab.tracking.read import read_manifest
     from hyperlab.tracking.store import resolve_tracking_uri
 
@@ -216,7 +217,7 @@ def status(args: argparse.Namespace) -> int:
     print(f"search {args.name}: {status_}; trials complete {complete}, partial {partial}, failed {failed}, "
           f"running {running}; wall time {wall}; best: {best}")
     try:
-        held = Lease(home.optuna_storage, home.name).current()
+        held = Lease(lease_url(home.optuna_storage), home.name).current()
         print(f"driver: {held[0]}" if held and held[1] > time.time() and not held[0].is_gone() else "driver: none running")
     except Exception as err:  # noqa: BLE001 - the database may be reachable from the cluster only
         print(f"driver: unknown ({type(err).__name__}: the Optuna database {home.optuna_storage} is not reachable here)")

@@ -64,7 +64,7 @@ class SearchRecorder:
         step = int(result.get("step", result.get(EVALUATION_KEY, 0)))
         metrics = {k: v for k, v in result.items() if k.startswith(_METRIC_PREFIXES)}
         number = int(trial.config[OPTUNA_TRIAL_KEY])
-        self.outbox.submit(self.writer.log_metrics, number, metrics, step)
+        self.outbox.submit_quietly(self.writer.log_metrics, number, metrics, step)
         process = (result.get(NODE_KEY), int(result.get(RESUMED_FROM_KEY, 0)))
         if self._process.get(trial.trial_id) != process:  # a new process of the trial: where, and from what
             self._process[trial.trial_id] = process

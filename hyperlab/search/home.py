@@ -7,9 +7,10 @@ Defaults, in order (documented in the README):
   (made absolute);
 * storage (Ray's results and each trial's latest checkpoint): ``--storage``, else ``$HYPERLAB_STORAGE``,
   else the folder ``ray/`` beside a sqlite MLflow store, else ``hyperlab-runs/ray``;
-* Optuna study: ``--optuna-storage``, else ``$HYPERLAB_OPTUNA_STORAGE``, else ``optuna.db`` beside a
-  sqlite MLflow store, else ``optuna.db`` in a local storage folder; on a cluster whose storage is an
-  object store and whose MLflow is a server there is no default: it must be given.
+* Optuna study: ``--optuna-storage`` (a journal file's path, or a database's SQLAlchemy URL), else
+  ``$HYPERLAB_OPTUNA_STORAGE``, else the journal ``optuna.log`` beside a sqlite MLflow store, else
+  ``optuna.log`` in a local storage folder; on a cluster whose storage is an object store and whose
+  MLflow is a server there is no default: it must be given.
 
 ``hyperlab resume NAME`` reads the manifest from the search's parent run in MLflow, so it needs only
 the name (and the tracking URI when it is not the default).
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from hyperlab.errors import UserError
+from hyperlab.search.study_storage import is_journal, local_path
 from hyperlab.tracking.store import sqlite_path
 
 RUNS_DIR = Path("hyperlab-runs")
@@ -32,7 +34,7 @@ class SearchHome:
     name: str
     tracking_uri: str
     storage: str               # a local folder (absolute) or a URI: s3://bucket/prefix
-    optuna_storage: str        # an SQLAlchemy URL: sqlite:///..., postgresql://...
+    optuna_storage: str        # a journal file (absolute) or an SQLAlchemy URL: sqlite:///..., postgresql://...
     address: str | None = None  # None: a local Ray; "auto" or HOST:PORT: the cluster this machine is on
     job_address: str | None = None  # http://HEAD:8265 when the driver runs as a Ray job submitted there
     data_dir: str | None = None
@@ -77,13 +79,15 @@ def resolve(name: str, tracking_uri: str | None, storage: str | None, optuna_sto
     optuna = optuna_storage or os.environ.get("HYPERLAB_OPTUNA_STORAGE")
     if optuna is None:
         if store_dir is not None:
-            optuna = f"sqlite:///{store_dir / 'optuna.db'}"
+            optuna = str(store_dir / "optuna.log")
         elif "://" not in storage:
-            optuna = f"sqlite:///{Path(storage) / 'optuna.db'}"
+            optuna = str(Path(storage) / "optuna.log")
         else:
             raise UserError("--optuna-storage: with an MLflow server and object storage the Optuna study needs "
                             "a database the driver can reach, e.g. --optuna-storage postgresql://HOST/optuna "
                             "(or $HYPERLAB_OPTUNA_STORAGE)")
+    elif is_journal(optuna):
+        optuna = str(Path(optuna).expanduser().resolve())
     data = data_dir or os.environ.get("HYPERLAB_DATA_DIR")
     return SearchHome(name=name, tracking_uri=tracking, storage=storage, optuna_storage=optuna, address=address,
                       job_address=job_address, data_dir=str(Path(data).expanduser().resolve()) if data else None,
@@ -92,8 +96,7 @@ def resolve(name: str, tracking_uri: str | None, storage: str | None, optuna_sto
 
 def prepare_local_folders(home: SearchHome) -> None:
     """Create the local folders the stores need (a sqlite database's folder, a local storage folder)."""
-    for url in (home.tracking_uri, home.optuna_storage):
-        db = sqlite_path(url)
+    for db in (sqlite_path(home.tracking_uri), local_path(home.optuna_storage)):
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
     if home.storage_is_local:

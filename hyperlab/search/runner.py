@@ -42,6 +42,7 @@ from hyperlab.search.searcher import (
 )
 from hyperlab.search.sigterm import ON_TERMINATE, sigterm_ends_cleanly, unless_terminating
 from hyperlab.search.space import SearchSpace, dump, size_range
+from hyperlab.search.study_storage import lease_url
 from hyperlab.search.trainable import train_trial
 from hyperlab.tracking import layout
 
@@ -101,7 +102,7 @@ def _run_search(home: SearchHome, space: SearchSpace, base_config, space_text: s
     cluster.check_resources(space.resources.for_params(largest), space.resources.for_params(smallest))
     cluster.check_storage(home.experiment_path)
     prepare_local_folders(home)  # only now: a start refused above leaves nothing behind
-    lease = Lease(home.optuna_storage, home.name)
+    lease = Lease(lease_url(home.optuna_storage), home.name)
     lease.acquire()
     ON_TERMINATE.append(lease.release)
     try:
@@ -125,10 +126,10 @@ def _fresh_study(space: SearchSpace, home: SearchHome) -> None:
     """The search's study, empty: one left by a start that never reached Ray's first snapshot goes."""
     import optuna
 
-    from hyperlab.search.searcher import rdb_storage
+    from hyperlab.search.study_storage import open_storage
 
     with contextlib.suppress(KeyError):
-        optuna.delete_study(study_name=home.name, storage=rdb_storage(home.optuna_storage))
+        optuna.delete_study(study_name=home.name, storage=open_storage(home.optuna_storage))
     create_study(space, home.name, home.optuna_storage)
 
 

@@ -1,5 +1,5 @@
-"""Optuna drives the search through its ask-and-tell interface, on a study in a database (Optuna's RDB
-storage), as a Ray Tune ``Searcher``:
+"""Optuna drives the search through its ask-and-tell interface, on a stored study (a journal file or a
+database: ``hyperlab.search.study_storage``), as a Ray Tune ``Searcher``:
 
 * every suggestion is sized before it trains; one over the parameter budget is told FAIL (user
   attribute ``infeasible``) and never reaches Tune, and Optuna is asked again;
@@ -26,11 +26,11 @@ import warnings
 from typing import Any
 
 import optuna
-import sqlalchemy
 from ray.tune.search import Searcher
 
 from hyperlab.search import optuna_private
 from hyperlab.search.space import SearchSpace
+from hyperlab.search.study_storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +65,10 @@ def trial_seed(seed: int | None, number: int) -> int | None:
     return None if seed is None else (seed * 1_000_003 + number) % 2**32
 
 
-def rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage on ``url``; a sqlite file in write-ahead-log mode (readers such as
-    optuna-dashboard never block the driver, and a commit need not wait for the disk)."""
-    if not url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
-    sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
-    storage.engine.dispose()  # connections opened before the listener: reopened with it
-    return storage
-
-
-def _sqlite_pragmas(connection, record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
 def create_study(space: SearchSpace, name: str, url: str) -> optuna.Study:
     """The search's study (created, or loaded when it exists), with its objectives' names."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=rdb_storage(url), study_name=name, load_if_exists=True,
+    study = optuna.create_study(storage=open_storage(url), study_name=name, load_if_exists=True,
                                 directions=["minimize" if d == "min" else "maximize" for d in space.objectives.values()])
     if study.metric_names is None:
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard reads
@@ -127,7 +109,7 @@ def wait_for_tells(name: str) -> None:
 def all_trials_ended(study_name: str, url: str, total: int) -> bool:
     """Whether ``total`` trials were handed out and every one has ended (what the study records, not what
     Ray's last snapshot saw: trials may have ended after it)."""
-    study = optuna.load_study(study_name=study_name, storage=rdb_storage(url))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     handed = [t for t in study.get_trials(deepcopy=False) if ATTR_RAY_TRIAL in t.user_attrs]
     return len(handed) >= total and all(t.state.is_finished() for t in handed)
 
@@ -136,7 +118,7 @@ def tell_ended(study_name: str, url: str, objectives, ended: dict[int, tuple[str
     """Tell the study the end of trials that Tune saw end (``ended``: Optuna number -> Tune status and last
     result) but that it still holds RUNNING: a driver killed between Tune's snapshot of a trial's end and the
     searcher's tell of it. Returns how many were told."""
-    study = optuna.load_study(study_name=study_name, storage=rdb_storage(url))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     told = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.number not in ended:
@@ -180,7 +162,7 @@ class StudySearcher(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study_obj is None:
-            self._storage_obj = rdb_storage(self._url)
+            self._storage_obj = open_storage(self._url)
             self._study_obj = optuna.load_study(study_name=self._study_name, storage=self._storage_obj)
         return self._study_obj
 

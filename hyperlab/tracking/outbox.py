@@ -7,6 +7,9 @@ backoff for up to ``patience_s`` (a few minutes of outage lose nothing), a call 
 logged and dropped (one bad value must not stop the record of everything after it). ``on_idle`` runs
 when the queue has been empty for ``idle_every_s``: a writer that buffers (metrics and tags, one batch
 per run) sends its buffer then, so that a stream of results costs a request a second, not one each.
+``submit_quietly`` queues a call without waking the thread, for the stream of results: they are taken
+up with the next call that wakes it, or within ``idle_every_s`` (a result costs the caller an append, not
+a hand-over of the interpreter to the writer's thread and back).
 ``close(timeout, *last)`` queues its last calls and takes no more: a call submitted after them (by a
 thread that had not yet seen the end, such as a trial starting while a SIGTERM closes the record) is
 dropped, never run after the record was closed.
@@ -14,8 +17,8 @@ dropped, never run after the record was closed.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +47,8 @@ def is_transient(error: BaseException) -> bool:
 class Outbox:
     def __init__(self, patience_s: float = PATIENCE_S, name: str = "hyperlab-mlflow",
                  on_idle: Callable[[], None] | None = None, idle_every_s: float = 1.0):
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: collections.deque = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
         self._on_idle = on_idle  # run when the queue has been empty a while: a writer sends what it buffered
         self._idle_every_s = idle_every_s
         self._patience_s = patience_s
@@ -57,17 +61,38 @@ class Outbox:
         self._thread.start()
 
     def submit(self, fn: Callable, *args, **kwargs) -> None:
+        self._put((fn, args, kwargs), wake=True)
+
+    def submit_quietly(self, fn: Callable, *args, **kwargs) -> None:
+        self._put((fn, args, kwargs), wake=False)
+
+    def _put(self, item, wake: bool) -> None:
         with self._lock:
             if self._sealed:
-                log.debug("MLflow: %s came after the record was closed; not made", getattr(fn, "__name__", fn))
+                log.debug("MLflow: %s came after the record was closed; not made", getattr(item[0], "__name__", item[0]))
                 return
             self._pending += 1
             self._idle.clear()
-            self._queue.put((fn, args, kwargs))
+            self._enqueue(item, wake)
+
+    def _enqueue(self, item, wake: bool) -> None:
+        with self._ready:
+            self._queue.append(item)
+            if wake:
+                self._ready.notify()
+
+    def _take(self, timeout: float):
+        """The next item, waiting up to ``timeout`` for one; None when there is none."""
+        with self._ready:
+            if not self._queue:
+                self._ready.wait(timeout)
+            return self._queue.popleft() if self._queue else None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every call submitted so far has run (or was dropped) and ``on_idle`` sent what
         they buffered; False on timeout."""
+        with self._ready:
+            self._ready.notify()  # quiet calls: taken up now
         return self._idle.wait(timeout)
 
     def close(self, timeout: float | None = None, *last: Callable) -> bool:
@@ -78,9 +103,9 @@ class Outbox:
                 for fn in last:
                     self._pending += 1
                     self._idle.clear()
-                    self._queue.put((fn, (), {}))
+                    self._enqueue((fn, (), {}), wake=False)
                 self._sealed = True
-                self._queue.put(_STOP)
+                self._enqueue(_STOP, wake=True)
         return self.flush(timeout)
 
     @property
@@ -90,11 +115,11 @@ class Outbox:
     def _run(self) -> None:
         buffered, sent = False, time.monotonic()  # calls ran since on_idle last did; when it did
         while True:
-            try:
-                if buffered and time.monotonic() - sent > 5 * self._idle_every_s:
-                    raise queue.Empty  # busy for a while: send what is buffered anyway
-                item = self._queue.get(timeout=self._idle_every_s if buffered else None)
-            except queue.Empty:
+            busy = buffered and time.monotonic() - sent > 5 * self._idle_every_s  # send what is buffered anyway
+            item = None if busy else self._take(self._idle_every_s)
+            if item is None:
+                if not buffered:
+                    continue
                 self._call(self._on_idle, (), {})
                 buffered, sent = False, time.monotonic()
                 self._mark_done(0)
