@@ -446,3 +446,43 @@ def test_the_handwriting_search_space_smoke_test(mlflow_store, tmp_path):
         vectors.add((metrics["model/n_params"], round(metrics["val/nll"], 6)))
     study = optuna_study(tmp_path, "hw")
     assert {(t.values[0], round(t.values[1], 6)) for t in study.trials if t.state.name == "COMPLETE"} == vectors
+
+
+def test_moasha_completes_the_small_models_that_asha_stops(tmp_path):
+    """Two real searches of the same 12 configurations (one seed, one trial at a time), on a task where the
+    smaller model is worse at every rung: with MO-ASHA the four smallest train to the end, with ASHA on
+    val/bpc alone none does; each search's fates are its rule's, replayed over the same trials."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from hyperlab.search.scheduler import ParetoRungs, Rungs
+
+    data = yaml.safe_load(TINY.read_text())
+    data.update(trials=12, concurrency=1, budget=None, sampler={"name": "random", "seed": 10})
+    data["fixed"]["schedule"].update(steps=40, eval_every=10)  # 4 evaluations: rungs at 1, 2 and 4
+    rules = {"moasha": {"rule": "moasha"}, "asha": {"rule": "asha", "metric": "val/bpc"}}
+    for name, rule in rules.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**data, "early_stopping": {
+            **rule, "grace_period": 1, "reduction_factor": 2}}))
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "data" / "rung_driver.py"), str(tmp_path),
+                          *rules], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "rule asha) stops small models first" in out.stderr  # the warning for ASHA on a front
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
+    studies = {name: optuna.load_study(study_name=name, storage=storage).trials for name in rules}
+    sizes = [int(t.user_attrs["n_params"]) for t in studies["asha"]]
+    assert [int(t.user_attrs["n_params"]) for t in studies["moasha"]] == sizes
+    replay = {"moasha": ParetoRungs(1, 2, 4, ["min", "min"]), "asha": Rungs(1, 2, 4, "min")}
+    for name, rungs in replay.items():  # the bpc the trainable reports (tests/data/rung_driver.py)
+        expected = []
+        for number, n in enumerate(sizes):
+            bpc = [1.0 + 300.0 / n ** 0.5 + 1.0 / e for e in (1, 2, 4)]
+            on = all(rungs.decide(str(number), e, (n, v) if name == "moasha" else v) for e, v in zip((1, 2, 4), bpc))
+            expected.append("COMPLETE" if on else "PRUNED")
+        assert [t.state.name for t in studies[name]] == expected, name
+    smallest = sorted(range(12), key=sizes.__getitem__)[:4]
+    completed = {name: [studies[name][i].state.name == "COMPLETE" for i in smallest] for name in rules}
+    assert completed == {"moasha": [True] * 4, "asha": [False] * 4}
+    assert "PRUNED" in [t.state.name for t in studies["moasha"]]  # it does stop trials

@@ -274,14 +274,14 @@ def test_early_stopping_rungs_survive_a_new_scheduler(tmp_path):
 
     rule = EarlyStopping(metric="val/bpc", grace_period=1, reduction_factor=2)
     path = str(tmp_path / "early_stopping.json")
-    first = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    first = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4, state_path=path)
     for number, bpc in zip(range(3), (2.0, 1.5, 1.6)):
         assert first.on_trial_result(None, _trial(number), {"evaluation": 1, "val/bpc": bpc}) == "CONTINUE"
 
-    second = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    second = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4, state_path=path)
     # the rung at one evaluation holds 2.0, 1.5, 1.6: the median cut-off is 1.6 (minimising)
     assert second.on_trial_result(None, _trial(3), {"evaluation": 1, "val/bpc": 1.7}) == "STOP"
-    fresh = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=str(tmp_path / "other.json"))
+    fresh = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4, state_path=str(tmp_path / "other.json"))
     assert fresh.on_trial_result(None, _trial(3), {"evaluation": 1, "val/bpc": 1.7}) == "CONTINUE"
     json.loads((tmp_path / "early_stopping.json").read_text())  # plain data, no pickle
 
@@ -294,10 +294,10 @@ def test_a_stopped_trial_stays_stopped_after_a_crash(tmp_path):
 
     rule = EarlyStopping(metric="val/bpc", grace_period=1, reduction_factor=2)
     path = str(tmp_path / "early_stopping.json")
-    before = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    before = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4, state_path=path)
     before.on_trial_result(None, _trial(0), {"evaluation": 1, "val/bpc": 1.0})
     assert before.on_trial_result(None, _trial(1), {"evaluation": 1, "val/bpc": 3.0}) == "STOP"
-    after = PersistentASHA(rule, mode="min", max_evaluations=4, state_path=path)
+    after = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4, state_path=path)
     assert after.on_trial_result(None, _trial(1), {"evaluation": 1, "val/bpc": 3.0}) == "STOP"
     assert after.on_trial_result(None, _trial(1), {"evaluation": 2, "val/bpc": 0.1}) == "STOP"
     assert after.on_trial_result(None, _trial(0), {"evaluation": 1, "val/bpc": 1.0}) == "CONTINUE"  # seen
@@ -322,6 +322,75 @@ def test_rungs_by_hand():
     assert low.milestones == [2, 6]
     assert low.decide("x", 1, 9.0)  # before the first rung: always on
     assert [low.decide(t, 2, v) for t, v in (("x", 2.0), ("y", 1.0), ("z", 3.0))] == [True, True, False]
+
+
+def test_pareto_order_by_hand():
+    """Non-dominated fronts, then crowding distance (extremes infinite), then the vector, then arrival."""
+    from hyperlab.search.scheduler import pareto_order
+
+    # A(1,5) B(2,3) C(3,1) D(2,4) E(4,4): front 0 is A, B, C (B's distance 1 + 1 = 2, A and C infinite,
+    # A's vector first); D is dominated by B only; E by B and D
+    assert pareto_order([(1, 5), (2, 3), (3, 1), (2, 4), (4, 4)]) == [0, 2, 1, 3, 4]
+    # duplicates: F = G = (2, 2) and H(1, 3) dominate none of each other; all three are extremes of some
+    # objective, so all infinite: by vector, then by arrival (F before G)
+    assert pareto_order([(2, 2), (2, 2), (1, 3)]) == [2, 0, 1]
+    # three objectives: S(2,2,2) is dominated by Q(1,2,1) only
+    assert pareto_order([(1, 1, 3), (1, 2, 1), (2, 1, 1), (2, 2, 2)]) == [0, 1, 2, 3]
+    # one front of four: the ends infinite; (2,4): (3-1)/4 + (5-3)/4 = 1, (3,3): (5-2)/4 + (4-1)/4 = 1.5
+    assert pareto_order([(1, 5), (2, 4), (3, 3), (5, 1)]) == [0, 3, 2, 1]
+
+
+def test_moasha_rungs_by_hand():
+    """Rungs at 1, 2, 4 evaluations (grace 1, factor 2). A trial continues if it is in the best
+    ceil(n/2) of the n at its rung (itself included) in Pareto order, or if nothing there dominates it and
+    it is best there in some objective; single-metric ASHA on the same values stops the small model."""
+    from hyperlab.search.scheduler import ParetoRungs, Rungs
+
+    rungs = ParetoRungs(grace_period=1, reduction_factor=2, max_evaluations=4, modes=["min", "min"])
+    assert rungs.milestones == [1, 2, 4]
+    steps = [("a", (100, 3.0)),   # first: continues
+             ("b", (1000, 2.0)),  # order [a, b], quota 1; on the front, best bpc: continues
+             ("c", (1000, 2.5)),  # dominated by b, order [a, b, c], quota 2: stops
+             ("d", (50, 3.5)),    # the smallest: front [d, b, a] (d, b infinite), quota 2: continues
+             ("e", (50, 4.0))]    # as small as d but worse: dominated, 4th of 5 ([d, b, a, e, c]), quota 3
+    assert [rungs.decide(t, 1, v) for t, v in steps] == [True, True, False, True, False]
+    assert rungs.stopped == {"c": 1, "e": 1}
+    assert rungs.decide("b", 2, (1000, 1.9)) and rungs.decide("d", 2, (50, 3.4))  # d before b by vector
+    assert not rungs.decide("e", 4, (50, 0.1))  # stopped: stays stopped
+    assert rungs.decide("d", 1, (50, 9.0))  # recorded at that rung already: not judged again
+
+    asha = Rungs(grace_period=1, reduction_factor=2, max_evaluations=4, mode="min")  # on bpc alone
+    # c = median(3, 2) is not worse than it; d and e are worse than the median of those before them
+    assert [asha.decide(t, 1, v[1]) for t, v in steps] == [True, True, True, False, False]
+
+    accuracy = ParetoRungs(grace_period=1, reduction_factor=2, max_evaluations=4, modes=["min", "max"])
+    assert [accuracy.decide(t, 1, v) for t, v in (("x", (10, 0.5)), ("y", (20, 0.9)), ("z", (30, 0.8)),
+                                                  ("w", (5, 0.1)))] == [True, True, False, True]
+
+
+def test_moasha_rungs_survive_a_new_scheduler(tmp_path):
+    """A fresh MO-ASHA scheduler over the state file decides as the old one; the file is plain data."""
+    from hyperlab.search.scheduler import PersistentASHA
+    from hyperlab.search.space import EarlyStopping
+
+    rule = EarlyStopping(rule="moasha", grace_period=1, reduction_factor=2)
+    objectives = {"model/n_params": "min", "val/bpc": "min"}
+    path = str(tmp_path / "early_stopping.json")
+    first = PersistentASHA(rule, objectives, max_evaluations=4, state_path=path)
+    for number, (n, bpc) in enumerate(((100, 3.0), (1000, 2.0))):
+        result = {"evaluation": 1, "model/n_params": n, "val/bpc": bpc}
+        assert first.on_trial_result(None, _trial(number), result) == "CONTINUE"
+    result = {"evaluation": 1, "model/n_params": 1000, "val/bpc": 2.5}  # dominated by trial 1
+    second = PersistentASHA(rule, objectives, max_evaluations=4, state_path=path)
+    assert second.on_trial_result(None, _trial(2), result) == "STOP"
+    fresh = PersistentASHA(rule, objectives, max_evaluations=4, state_path=str(tmp_path / "other.json"))
+    assert fresh.on_trial_result(None, _trial(2), result) == "CONTINUE"
+    state = json.loads((tmp_path / "early_stopping.json").read_text())
+    assert state["rule"] == "moasha" and state["recorded"][0] == {"0": [100.0, 3.0], "1": [1000.0, 2.0],
+                                                                  "2": [1000.0, 2.5]}
+    asha = PersistentASHA(EarlyStopping(rule="asha", metric="val/bpc"), objectives, 4, path)
+    with pytest.raises(RuntimeError, match="unreadable early-stopping state"):  # another rule's file
+        asha.on_trial_result(None, _trial(3), result)
 
 
 def test_the_progress_line_estimates_the_time_left_from_trials_ended_since_the_driver_started(monkeypatch):

@@ -25,7 +25,6 @@ from ray.tune.logger import JsonLoggerCallback
 
 from hyperlab import __version__
 from hyperlab.errors import UserError
-from hyperlab.metrics import direction
 from hyperlab.search import cluster, storage
 from hyperlab.search.callback import RECORDERS, MlflowSearchCallback, ProgressCallback, SearchRecorder
 from hyperlab.search.home import SearchHome, prepare_local_folders
@@ -246,8 +245,12 @@ def _tune_config(home: SearchHome, space: SearchSpace, base_config) -> tune.Tune
     scheduler = None
     if space.early_stopping:
         rule, schedule = space.early_stopping, base_config.schedule
+        if rule.rule == "asha" and len(space.objectives) > 1:
+            print(f"hyperlab: early stopping on {rule.metric} alone (rule asha) stops small models first, whose "
+                  f"{rule.metric} is worse at every rung: the small end of the front starves; rule moasha ranks "
+                  f"the objectives", file=sys.stderr)
         evaluations = -(-schedule.steps // schedule.eval_every)
-        scheduler = PersistentASHA(rule, mode=direction(rule.metric), max_evaluations=evaluations,
+        scheduler = PersistentASHA(rule, space.objectives, max_evaluations=evaluations,
                                    state_path=f"{home.experiment_path}/{EARLY_STOPPING_STATE}")
     return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.trials,
                            max_concurrent_trials=space.concurrency, reuse_actors=REUSE_ACTORS)

@@ -139,17 +139,19 @@ class Budget(StrictModel):
 
 
 class EarlyStopping(StrictModel):
-    """Asynchronous successive halving (ASHA) on a reported metric, in optimiser steps."""
+    """Asynchronous successive halving at rungs of evaluations: MO-ASHA on the search's objective vector,
+    or ASHA on one reported metric (``hyperlab.search.scheduler``). Without a rule: ASHA when a metric is
+    named, else MO-ASHA (ASHA with the search's one objective when it has only one)."""
 
-    rule: Literal["asha"] = "asha"
-    metric: str
+    rule: Literal["moasha", "asha"] | None = None
+    metric: str | None = None
     grace_period: int = pydantic.Field(default=1, ge=1, description="evaluations before a trial can be stopped")
     reduction_factor: float = pydantic.Field(default=3, gt=1)
 
     @pydantic.field_validator("metric")
     @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in metrics.METRICS:
+    def _known(cls, name: str | None) -> str | None:
+        if name is not None and name not in metrics.METRICS:
             raise ValueError(f"unknown metric {name!r}; expected one of {sorted(metrics.METRICS)}")
         return name
 
@@ -186,6 +188,29 @@ class SearchSpace(StrictModel):
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
         return name
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _early_stopping_default_rule(cls, data):
+        rule, objectives = (data.get("early_stopping"), data.get("objectives")) if isinstance(data, dict) else (None, None)
+        if isinstance(rule, dict) and rule.get("rule") is None and isinstance(objectives, dict):
+            single = len(objectives) == 1
+            rule = {**rule, "rule": "asha" if rule.get("metric") is not None or single else "moasha"}
+            if single and rule.get("metric") is None:
+                rule["metric"] = next(iter(objectives))
+            data = {**data, "early_stopping": rule}
+        return data
+
+    @pydantic.model_validator(mode="after")
+    def _early_stopping_rule(self) -> SearchSpace:
+        rule = self.early_stopping
+        if rule is not None and rule.rule == "asha" and rule.metric is None:
+            raise ValueError("early_stopping.metric: rule asha compares one metric; name it, or use rule "
+                             "moasha, which ranks the objectives")
+        if rule is not None and rule.rule == "moasha" and rule.metric is not None:
+            raise ValueError(f"early_stopping.metric: rule moasha ranks the objectives {list(self.objectives)}, "
+                             f"not one metric; drop metric, or use rule asha")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _gpu_for_cuda(self) -> SearchSpace:
