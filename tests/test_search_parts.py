@@ -281,7 +281,8 @@ def test_early_stopping_rungs_survive_a_new_scheduler(tmp_path):
     second = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4, state_path=path)
     # the rung at one evaluation holds 2.0, 1.5, 1.6: the median cut-off is 1.6 (minimising)
     assert second.on_trial_result(None, _trial(3), {"evaluation": 1, "val/bpc": 1.7}) == "STOP"
-    fresh = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4, state_path=str(tmp_path / "other.json"))
+    fresh = PersistentASHA(rule, {"model/n_params": "min", "val/bpc": "min"}, max_evaluations=4,
+                           state_path=str(tmp_path / "other.json"))
     assert fresh.on_trial_result(None, _trial(3), {"evaluation": 1, "val/bpc": 1.7}) == "CONTINUE"
     json.loads((tmp_path / "early_stopping.json").read_text())  # plain data, no pickle
 
