@@ -389,6 +389,9 @@ def test_moasha_rungs_survive_a_new_scheduler(tmp_path):
     state = json.loads((tmp_path / "early_stopping.json").read_text())
     assert state["rule"] == "moasha" and state["recorded"][0] == {"0": [100.0, 3.0], "1": [1000.0, 2.0],
                                                                   "2": [1000.0, 2.5]}
+    single = PersistentASHA(rule, {"val/bpc": "min"}, max_evaluations=4, state_path=str(tmp_path / "one.json"))
+    assert [single.on_trial_result(None, _trial(n), {"evaluation": 1, "val/bpc": v})
+            for n, v in enumerate((2.0, 1.0, 3.0))] == ["CONTINUE", "CONTINUE", "STOP"]  # one objective: its order
     asha = PersistentASHA(EarlyStopping(rule="asha", metric="val/bpc"), objectives, 4, path)
     with pytest.raises(RuntimeError, match="unreadable early-stopping state"):  # another rule's file
         asha.on_trial_result(None, _trial(3), result)

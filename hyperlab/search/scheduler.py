@@ -194,6 +194,7 @@ class PersistentASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         number = str(trial.config[OPTUNA_TRIAL_KEY])
         values = [float(result[name]) for name in self._metrics]
-        keep = self._rungs.decide(number, int(result[EVALUATION_KEY]), values if len(values) > 1 else values[0])
+        keep = self._rungs.decide(number, int(result[EVALUATION_KEY]),
+                                  values if isinstance(self._rungs, ParetoRungs) else values[0])
         storage.write_bytes(self._state_path, json.dumps(self._rungs.state_dict()).encode())
         return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
