@@ -8,14 +8,18 @@ hyperlab does; Tune's own per-trial cost then nearly vanishes, and what is left 
     python benchmarks/search_overhead.py --trials 50,200 --reuse yes    # does the cost per trial stay flat?
     py-spy record --gil -- python benchmarks/search_overhead.py --only hyperlab   # where the driver's time goes
 
-Prints the wall times, their ratios (target: at most 1.05) and hyperlab's extra driver time per result and
-per trial, for each number of trials asked for (the extra time per trial should not grow with it).
+Prints, for each number of trials asked for, the wall times, their ratio (target: at most 1.05; the median
+of the two sides' medians, and the spread of the paired ratios) and hyperlab's extra driver CPU time (every
+thread of the driver process: Tune's loop, the study's thread, the MLflow writer) per result and per trial,
+which should not grow with the number of trials. On a machine with fewer cores than trials at a time the
+wall time of either side varies by up to 2x from run to run; the CPU time is the steadier measure.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -24,6 +28,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PER_TRIAL = 10
+
+
+def driver_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def null_trainable(config: dict) -> None:
@@ -50,7 +59,7 @@ def space_file(folder: Path, trials: int, concurrency: int) -> Path:
     return path
 
 
-def run_hyperlab(folder: Path, trials: int, concurrency: int, reuse: bool) -> float:
+def run_hyperlab(folder: Path, trials: int, concurrency: int, reuse: bool) -> tuple[float, float]:
     from hyperlab.search import runner
 
     runner.REUSE_ACTORS = reuse
@@ -64,14 +73,14 @@ def run_hyperlab(folder: Path, trials: int, concurrency: int, reuse: bool) -> fl
     from hyperlab.tracking.store import init_store
 
     init_store(home.tracking_uri)  # the store's schema, built once per store, is not the search's cost
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), driver_cpu()
     outcome = runner.run_search(home, space, base, path.read_text(), progress=False, trainable=null_trainable)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, driver_cpu() - cpu
     assert outcome.complete
-    return elapsed
+    return elapsed, cpu
 
 
-def run_bare(folder: Path, trials: int, concurrency: int, reuse: bool) -> float:
+def run_bare(folder: Path, trials: int, concurrency: int, reuse: bool) -> tuple[float, float]:
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -88,9 +97,9 @@ def run_bare(folder: Path, trials: int, concurrency: int, reuse: bool) -> float:
                                                                    reuse_actors=reuse),
                        run_config=tune.RunConfig(name=f"bare-{time.time_ns()}", storage_path=str(folder / "bare"),
                                                  verbose=0, callbacks=[JsonLoggerCallback()]))  # as hyperlab
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), driver_cpu()
     tuner.fit()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, driver_cpu() - cpu
 
 
 def main(argv=None) -> None:
@@ -116,22 +125,27 @@ def main(argv=None) -> None:
             run(Path(tmp) / f"warm-{name}", args.concurrency, args.concurrency, True)
         for trials in [int(n) for n in args.trials.split(",")]:
             for reuse in {"both": (False, True), "yes": (True,), "no": (False,)}[args.reuse]:
-                times = {"hyperlab": [], "bare": []}
+                times, cpus = {"hyperlab": [], "bare": []}, {"hyperlab": [], "bare": []}
                 for repeat in range(args.repeats):
                     for name, run in (("bare", run_bare), ("hyperlab", run_hyperlab)):
                         if args.only not in (None, name):
                             continue
                         folder = Path(tmp) / f"{name}-{trials}-{reuse}-{repeat}"
                         folder.mkdir()
-                        times[name].append(run(folder, trials, args.concurrency, reuse))
-                        print(f"{name:9s} {trials} trials, reuse_actors={reuse}: {times[name][-1]:7.1f} s", file=sys.stderr)
+                        wall, cpu = run(folder, trials, args.concurrency, reuse)
+                        times[name].append(wall)
+                        cpus[name].append(cpu)
+                        print(f"{name:9s} {trials} trials, reuse_actors={reuse}: {wall:7.1f} s, driver CPU {cpu:6.1f} s",
+                              file=sys.stderr)
                 if args.only:
                     continue
                 bare, ours = statistics.median(times["bare"]), statistics.median(times["hyperlab"])
+                paired = sorted(h / b for h, b in zip(times["hyperlab"], times["bare"]))
+                extra = statistics.median(cpus["hyperlab"]) - statistics.median(cpus["bare"])
                 lines.append(f"{trials:4d} trials, reuse_actors={reuse!s:5s}: bare Ray Tune + OptunaSearch {bare:6.1f} s, "
-                             f"hyperlab {ours:6.1f} s, ratio {ours / bare:.3f}; hyperlab's extra driver time "
-                             f"{(ours - bare) / (trials * RESULTS_PER_TRIAL) * 1e3:.2f} ms per result, "
-                             f"{(ours - bare) / trials * 1e3:.0f} ms per trial")
+                             f"hyperlab {ours:6.1f} s, ratio {ours / bare:.3f} (paired {paired[0]:.2f} to "
+                             f"{paired[-1]:.2f}); hyperlab's extra driver CPU {extra / (trials * RESULTS_PER_TRIAL) * 1e3:.2f} "
+                             f"ms per result, {extra / trials * 1e3:.1f} ms per trial")
     print(f"null trials x {RESULTS_PER_TRIAL} results, concurrency {args.concurrency}, median of {args.repeats}:")
     print("\n".join(lines))
 

@@ -193,3 +193,64 @@ def test_an_interrupted_search_resumes_to_exactly_the_uninterrupted_one(moment, 
     complete = {t.number: tuple(t.values) for t in study.trials if t.state.name == "COMPLETE"}
     assert complete == uninterrupted  # Optuna's record equals MLflow's
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def _snapshot_statuses(experiment: Path) -> dict[int, str]:
+    """Optuna trial number -> the Tune status Ray's latest experiment snapshot holds for it."""
+    import json
+
+    from ray.tune.experiment import Trial
+
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    statuses = {}
+    for json_state, _ in json.loads(states[-1].read_text())["trial_data"]:
+        trial = Trial.from_json_state(json_state, stub=True)
+        statuses[int(trial.config["_optuna_trial"])] = trial.status
+    return statuses
+
+
+def test_an_early_stop_decided_just_before_a_sigkill_holds_after_resume(tmp_path):
+    """The driver is killed as soon as the rungs' file records a trial stopped, before Ray's snapshot shows
+    the trial ended: on resume the trial comes back from the checkpoint of the evaluation it was stopped at,
+    reports its evaluations again up to there, trains nothing more and ends stopped early; the search still
+    ends with exactly the trials asked for, each once."""
+    space = {**SPACE, "concurrency": 1, "early_stopping": {"rule": "asha", "metric": "val/bpc", "grace_period": 1,
+                                                             "reduction_factor": 2}}
+    space["space"] = {"model.hidden_size": {"type": "int", "low": 8, "high": 32, "log": True},
+                      "optim.lr": {"type": "float", "low": 1e-4, "high": 0.05, "log": True}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    rungs = tmp_path / "ray" / "s" / "early_stopping.json"
+    driver = _start(tmp_path, "search", str(tmp_path / "space.yaml"), "--name", "s", "--num-cpus", "2")
+    stopped = {}
+    try:
+        deadline = time.time() + 300
+        while not stopped and driver.poll() is None and time.time() < deadline:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                stopped = yaml.safe_load(rungs.read_text())["stopped"]  # JSON is YAML
+            time.sleep(0.005)
+        assert stopped, f"no trial was stopped (exit {driver.poll()}):\n" + (tmp_path / "search.log").read_text()
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        _kill_group(driver.pid)
+    (number, evaluation), = stopped.items()
+    number = int(number)
+    snapshot = _snapshot_statuses(rungs.parent)
+    assert snapshot.get(number) != "TERMINATED", snapshot  # the decision is not in Ray's state: the window
+
+    assert _resume(tmp_path) == 0, (tmp_path / "resume.log").read_text()
+    runs = _trial_runs(tmp_path)
+    numbers = sorted(int(r.data.tags[layout.TAG_OPTUNA_TRIAL]) for r in runs)
+    assert numbers == list(range(TRIALS)), numbers  # every trial exactly once
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    run, = [r for r in runs if int(r.data.tags[layout.TAG_OPTUNA_TRIAL]) == number]
+    assert run.data.tags[layout.TAG_FIDELITY] == layout.PARTIAL
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/bpc")]
+    assert steps == list(range(10, 10 * evaluation + 1, 10)), steps  # logged to the stop, trained no further
+    assert int(run.data.tags[layout.TAG_RESUMED_FROM]) == 10 * evaluation  # from the stop's checkpoint
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log"))))
+    assert study.trials[number].state.name == "PRUNED"
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]

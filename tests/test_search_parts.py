@@ -191,10 +191,13 @@ def test_a_trial_asked_but_never_handed_out_is_adopted_not_asked_again(tmp_path,
 
 def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_path, kind):
     """Tune's saved count knows two trials; a third was handed out and ended after the snapshot. With four
-    trials asked for, the restored searcher hands out exactly one more, then says it is finished."""
+    trials asked for, the restored searcher hands the third out again (its end never reached Tune, so its
+    record may lack it: it replays from its final checkpoint, and the study is told nothing new), then
+    exactly one more, then says it is finished."""
     search, _, _ = searcher(tmp_path, kind)
     space_trials = search._space.trials  # 4 in the tiny space
     first = [search.suggest(f"t{i}") for i in range(2)]
+    search.on_trial_complete("t0", {"model/n_params": 1.0, "val/bpc": 3.0, COMPLETE_KEY: 1})  # Tune saw its end
     snapshot = tmp_path / "searcher-state.json"
     search.save(str(snapshot))
     late = search.suggest("late")
@@ -203,10 +206,16 @@ def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_p
     ahead = max(t.number for t in search.study.trials)  # asked ahead for a fourth trial
     restored, _, _ = searcher(tmp_path, kind)
     restored.restore(str(snapshot))
-    assert restored.orphans() == [ahead]  # the late one ended: only the one asked ahead is adopted
+    assert restored.orphans() == [late[OPTUNA_TRIAL_KEY], ahead]  # not t0, whose end Tune's snapshot holds
+    again = restored.suggest("late-again")
+    assert again == late
+    restored.on_trial_complete("late-again", {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
     more = restored.suggest("new")
     assert more[OPTUNA_TRIAL_KEY] == ahead not in {c[OPTUNA_TRIAL_KEY] for c in (*first, late)}
     assert restored.suggest("one-too-many") == "FINISHED" and space_trials == 4
+    restored.wait_for_tells()
+    told = restored.study.trials[late[OPTUNA_TRIAL_KEY]]
+    assert told.state.name == "COMPLETE" and told.values == [1.0, 2.0] and told.user_attrs["ray_trial_id"] == "late"
 
 
 def test_suggestions_depend_on_the_seed_and_the_trial_number_only(tmp_path, kind):

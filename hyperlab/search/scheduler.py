@@ -5,7 +5,10 @@ Ray Tune does not save a scheduler's state with the experiment: after ``Tuner.re
 starts with empty rungs and judges resumed trials against nothing. ``Rungs`` and ``ParetoRungs`` are
 the rules themselves (no Ray, plain data); ``PersistentASHA`` runs one as a Tune scheduler and writes
 the state after every decision, before Tune acts on it, read back on first use. A trial once stopped
-stays stopped: a result it reports again after a crash (from an older checkpoint) gets STOP again.
+stays stopped: one that a crash caught between the decision and Ray's next experiment snapshot comes back
+on resume (Tune restores it, or the searcher adopts it) from its checkpoint, which is the one of the
+evaluation it was stopped at; it reports its evaluations again up to that one, without training, and
+gets STOP there.
 
 Why MO-ASHA: a small model has a worse metric than a large one at every rung, so ASHA on the metric
 stops the small models first and the small end of the front is never trained to the end. MO-ASHA
@@ -45,8 +48,8 @@ class Rungs:
 
     def decide(self, trial_id: str, evaluation: int, value: float) -> bool:
         """Whether the trial continues after reporting ``value`` at its ``evaluation``-th evaluation."""
-        if trial_id in self.stopped:
-            return False
+        if trial_id in self.stopped:  # stopped before: only its evaluations up to the stop, reported again
+            return evaluation < self.stopped[trial_id]
         for rung in reversed(range(len(self.milestones))):  # the highest rung reached and not yet passed
             if evaluation < self.milestones[rung]:
                 continue
@@ -122,8 +125,8 @@ class ParetoRungs(Rungs):
         self.signs = np.array([1.0 if mode == "min" else -1.0 for mode in modes])  # all minimised
 
     def decide(self, trial_id: str, evaluation: int, value) -> bool:
-        if trial_id in self.stopped:
-            return False
+        if trial_id in self.stopped:  # stopped before: only its evaluations up to the stop, reported again
+            return evaluation < self.stopped[trial_id]
         for rung in reversed(range(len(self.milestones))):
             if evaluation < self.milestones[rung]:
                 continue

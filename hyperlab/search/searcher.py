@@ -144,6 +144,8 @@ class StudySearcher(Searcher):
         self._study_name, self._url = study_name, optuna_storage
         self._max_params = space.budget.max_params if space.budget else None
         self._numbers: dict[str, int] = {}  # Tune's trial id -> Optuna trial number, for trials Tune knows
+        self._ended: set[int] = set()       # numbers of the trials whose end Tune has seen
+        self._ends_saved = True
         self._adopt: list[int] = []          # numbers asked but unknown to Tune's restored state
         self._storage_obj = self._study_obj = None
         self._next_number: int | None = None  # the number the next ask gets
@@ -222,8 +224,9 @@ class StudySearcher(Searcher):
 
     def _hand_out(self, trial_id: str, number: int) -> dict:
         storage_id = self._trial_storage_id(number)
-        self._storage_obj.set_trial_user_attr(storage_id, ATTR_RAY_TRIAL, trial_id)
         frozen = self._storage_obj.get_trial(storage_id)
+        if not frozen.state.is_finished():  # an ended one (see ``orphans``) keeps its record as it is
+            self._storage_obj.set_trial_user_attr(storage_id, ATTR_RAY_TRIAL, trial_id)
         self._numbers[trial_id] = number
         return {**frozen.params, N_PARAMS_KEY: frozen.user_attrs[ATTR_N_PARAMS], OPTUNA_TRIAL_KEY: number}
 
@@ -252,6 +255,7 @@ class StudySearcher(Searcher):
         number = self._numbers.pop(trial_id, None)
         if number is None:
             return
+        self._ended.add(number)
         values = None
         if not error and result is not None and result.get(COMPLETE_KEY):
             values = [float(result[name]) for name in self._space.objectives]
@@ -292,11 +296,14 @@ class StudySearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         self.wait_for_tells()
         with open(checkpoint_path, "w") as f:
-            json.dump({"numbers": self._numbers}, f)
+            json.dump({"numbers": self._numbers, "ended": sorted(self._ended)}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
-            self._numbers = {str(k): int(v) for k, v in json.load(f)["numbers"].items()}
+            state = json.load(f)
+        self._numbers = {str(k): int(v) for k, v in state["numbers"].items()}
+        self._ended = set(state.get("ended", ()))
+        self._ends_saved = "ended" in state  # not in a snapshot of an older hyperlab: adopt no ended trial
         self._record_hand_outs()
         self._adopt = self.orphans()
 
@@ -311,12 +318,17 @@ class StudySearcher(Searcher):
                                                       tune_ids[trial.number])
 
     def orphans(self) -> list[int]:
-        """Numbers of the study's unfinished trials that Tune's restored state does not know: the ones to
-        adopt, in order. A trial handed out after the last snapshot is adopted as it is; so is one asked but
-        never handed out (see ``_unhanded_asks``)."""
-        known = set(self._numbers.values())
-        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        handed = [t.number for t in running if t.number not in known and ATTR_RAY_TRIAL in t.user_attrs]
+        """Numbers of the study's trials that Tune's restored state does not know: the ones to adopt, in
+        order. A trial handed out after the last snapshot is adopted as it is; so is one asked but never
+        handed out (see ``_unhanded_asks``); and so is one that was handed out and ended (complete, or
+        stopped early) after the last snapshot: Tune never saw its end, so neither did its MLflow record,
+        perhaps; it continues from its last checkpoint, which reports its evaluations again, trains nothing
+        (it is its final one, or the one it was stopped at) and ends it again (the study is told nothing new)."""
+        known = set(self._numbers.values()) | self._ended
+        State = optuna.trial.TrialState
+        ended_unseen = (State.COMPLETE, State.PRUNED) if self._ends_saved else ()
+        trials = self.study.get_trials(deepcopy=False, states=(State.RUNNING, *ended_unseen))
+        handed = [t.number for t in trials if t.number not in known and ATTR_RAY_TRIAL in t.user_attrs]
         self._adopted_asks = True
         return sorted(handed + self._unhanded_asks())
 
@@ -346,7 +358,8 @@ class StudySearcher(Searcher):
         return adopt
 
     def get_state(self) -> dict[str, Any]:
-        return {"numbers": self._numbers}
+        return {"numbers": self._numbers, "ended": sorted(self._ended)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._numbers = dict(state["numbers"])
+        self._ended = set(state.get("ended", ()))
