@@ -41,6 +41,23 @@ def test_compare_searches_by_hand():
     assert result["domination"]["n_dominating"].tolist() == [0, 0, 0]
 
 
+def test_compare_uses_the_searches_own_reference():
+    """Each search records its fixed reference (its parent run's tag): compare measures from it, so its
+    hypervolumes are the ones the searches logged; references that differ give the worst of them."""
+    a = frame([(1, 3), (3, 1)], fidelity=["complete", "complete"])
+    b = frame([(2, 2)], fidelity=["complete"])
+    own = {"a": 5.0, "b": 5.0}
+    result = compare_searches({"A": a, "B": b}, MIN2, references={"A": own, "B": dict(own)})
+    assert result["reference"] == [5.0, 5.0] and result["reference_from"] == "the searches' own"
+    # A: x 1..3 height 2, x 3..5 height 4 -> 12; B: 3 x 3 = 9
+    assert result["hypervolume"] == pytest.approx({"A": 12.0, "B": 9.0})
+    mixed = compare_searches({"A": a, "B": b}, {"a": "min", "b": "max"},
+                             references={"A": {"a": 5.0, "b": 0.0}, "B": {"a": 6.0, "b": -1.0}})
+    assert mixed["reference"] == [6.0, -1.0] and mixed["reference_from"] == "the worst of the searches' own"
+    fallback = compare_searches({"A": a, "B": b}, MIN2, margin=0.0, references={"A": own, "B": None})
+    assert fallback["reference"] == [3.0, 3.0] and fallback["reference_from"] == "the trials"
+
+
 def test_searches_with_different_objectives_are_refused():
     assert shared_objectives({"A": MIN2, "B": dict(MIN2)}) == MIN2
     with pytest.raises(UserError, match="different objectives"):

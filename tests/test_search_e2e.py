@@ -134,8 +134,11 @@ def test_search_end_to_end(mlflow_store, tmp_path, capsys, monkeypatch):
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 4
     infeasible = [t for t in study.trials if "infeasible" in t.user_attrs]
-    assert infeasible and all(t.state.name == "FAIL" for t in infeasible)  # sampled but never trained
+    assert infeasible and all(t.state.name == "PRUNED" for t in infeasible)  # sampled but never trained
     assert all(int(t.user_attrs["infeasible"].split()[0]) > BUDGET for t in infeasible)
+    for t in study.trials:  # the budget as Optuna's constraint, which its constrained samplers learn from
+        if "n_params" in t.user_attrs:
+            assert t.constraints == {"n_params_over_budget": t.user_attrs["n_params"] - BUDGET}
     _dashboard_sees(tmp_path / "optuna.log", "tiny", len(study.trials), states.count("COMPLETE"))
     # Optuna's values are the objectives each trial logged
     by_number = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r for r in trials}
@@ -154,6 +157,27 @@ def test_search_end_to_end(mlflow_store, tmp_path, capsys, monkeypatch):
     df = load_search("tiny", uri(tmp_path))
     front = df[pareto_front(df, objectives) == 1]
     assert {tuple(p) for p in front[list(objectives)].to_numpy()} == expected
+
+    # one hypervolume per search: its reference fixed by the space before any trial (the most parameters
+    # the budget allows; a uniform guess over the vocabulary), the same in MLflow's series and in compare
+    import json
+
+    from hyperlab.analysis import compare_searches
+    from hyperlab.training.data_cache import data_shape
+
+    reference = json.loads(parent.data.tags[layout.TAG_REFERENCE])
+    assert reference == [BUDGET, math.log2(data_shape("charlm", "bundled").vocab_size)]
+    logged = client.get_metric_history(parent.info.run_id, layout.HYPERVOLUME_METRIC)
+    assert [m.step for m in logged] == list(range(1, len(logged) + 1))  # after each complete trial
+    mine = sorted((math.log10(n), bpc) for n, bpc in points)  # parameters in decades, as every figure
+    area, best = 0.0, reference[1]
+    for (x, y), (next_x, _) in zip(mine, [*mine[1:], (math.log10(BUDGET), 0)]):
+        best = min(best, y)
+        area += (next_x - x) * max(0.0, reference[1] - best)
+    assert logged[-1].value == pytest.approx(area)
+    own = dict(zip(objectives, reference))
+    compared = compare_searches({"tiny": df, "again": df}, objectives, references={"tiny": own, "again": own})
+    assert compared["reference"] == reference and compared["hypervolume"]["tiny"] == pytest.approx(logged[-1].value)
     front_csv = tmp_path / "front.csv"
     assert main(["pareto", "tiny", "--tracking-uri", uri(tmp_path), "--out", str(front_csv)]) == 0
     import pandas as pd

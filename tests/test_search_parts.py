@@ -51,8 +51,42 @@ def test_suggestions_are_sized_and_over_budget_ones_never_reach_tune(tmp_path, k
     assert [t.state.name for t in trials].count("RUNNING") == 4  # handed to Tune
     assert {t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "RUNNING"} == {f"t{i}" for i in range(4)}
     assert search.suggest("t4") == "FINISHED"  # the space asks for four
-    rejected = [t for t in trials if t.state.name == "FAIL"]
+    rejected = [t for t in trials if t.state.name == "PRUNED"]
     assert rejected and all(t.user_attrs["n_params"] > budget and "infeasible" in t.user_attrs for t in rejected)
+    for t in trials:  # every sized trial carries its constraint: parameters minus the budget
+        assert t.constraints == {"n_params_over_budget": t.user_attrs["n_params"] - budget}
+    assert not [t for t in trials if t.state.name == "FAIL"]
+
+
+def test_tpe_learns_the_budget_from_over_budget_trials(tmp_path):
+    """Over-budget trials go back as PRUNED with a violated constraint, which Optuna's TPE ranks below every
+    feasible trial: after a start of random trials, its suggestions fall over the budget less often than
+    random ones (told FAIL, as before, TPE never sees them)."""
+    import optuna
+
+    space, base = load_search_space(TINY)
+
+    def over_budget_share(sampler: str) -> float:
+        folder = tmp_path / sampler
+        folder.mkdir()
+        spec = space.model_copy(update={"trials": 60, "sampler": space.sampler.model_copy(
+            update={"name": sampler, "seed": 5, "n_startup_trials": 10 if sampler == "tpe" else None})})
+        create_study(spec, "b", str(folder / "optuna.log"))
+        search = StudySearcher(spec, base, study_name="b", optuna_storage=str(folder / "optuna.log"))
+        for i in range(60):
+            config = search.suggest(f"t{i}")
+            n_params = float(config[N_PARAMS_KEY])  # a trade-off: the larger, the better the bpc
+            search.on_trial_complete(f"t{i}", {"model/n_params": n_params, "val/bpc": 1 + 300 / n_params ** 0.5,
+                                               COMPLETE_KEY: 1})
+        search.wait_for_tells()
+        trials = search.study.get_trials(deepcopy=False)
+        late = [t for t in trials if t.number >= 20 and t.user_attrs.get("duplicate_of") is None]
+        return sum("infeasible" in t.user_attrs for t in late) / len(late)
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    random_share, tpe_share = over_budget_share("random"), over_budget_share("tpe")
+    assert random_share > 0.3  # the budget binds on much of the space
+    assert tpe_share < random_share / 2, (tpe_share, random_share)
 
 
 def test_early_stopped_trials_go_back_as_pruned_and_errors_as_failed(tmp_path, kind):
@@ -752,3 +786,30 @@ def test_two_writers_of_one_journal_lose_no_operation(tmp_path):
         assert [t.number for t in trials] == list(range(150))
         assert [t.value for t in trials] == [float(i) for i in range(150)]
         assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_a_configuration_is_trained_once(tmp_path, monkeypatch):
+    """Two configurations in the space, three trials asked for: the random sampler suggests each again and
+    again; the copies are told FAIL pointing at the trial that trains it, never handed to Tune, and after
+    the two configurations the search runs out of new ones (here after 30 copies in a row)."""
+    monkeypatch.setattr(searcher_module, "MAX_UNTRAINED_IN_A_ROW", 30)
+    space, base = load_search_space(TINY)
+    from hyperlab.search.space import ChoiceParam
+
+    space = space.model_copy(update={"trials": 3, "budget": None, "space": {
+        "model.hidden_size": ChoiceParam(type="choice", values=[8, 12])}})
+    create_study(space, "d", str(tmp_path / "optuna.log"))
+    search = StudySearcher(space, base, study_name="d", optuna_storage=str(tmp_path / "optuna.log"))
+    handed = [search.suggest("a"), search.suggest("b")]
+    assert sorted(c["model.hidden_size"] for c in handed) == [8, 12]
+    assert search.suggest("c") == "FINISHED"
+    search.wait_for_tells()
+    trials = search.study.trials
+    by_number = {c[OPTUNA_TRIAL_KEY]: c["model.hidden_size"] for c in handed}
+    copies = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(copies) == len(trials) - 2 >= 30
+    for t in copies:
+        assert t.state.name == "FAIL" and by_number[t.user_attrs["duplicate_of"]] == t.params["model.hidden_size"]
+    resumed = StudySearcher(space, base, study_name="d", optuna_storage=str(tmp_path / "optuna.log"))
+    assert resumed._ask() is None  # a new driver knows the trained configurations from the study
+    assert len(resumed.study.trials) == len(trials) + 30

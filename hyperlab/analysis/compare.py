@@ -50,20 +50,34 @@ def shared_objectives(objective_sets: dict[str, dict[str, str]]) -> dict[str, st
     return first
 
 
-def compare_searches(searches: dict[str, pd.DataFrame], objectives: dict[str, str], margin: float = 0.1) -> dict:
+def compare_searches(searches: dict[str, pd.DataFrame], objectives: dict[str, str], margin: float = 0.1,
+                     references: dict[str, dict[str, float]] | None = None) -> dict:
     """Fronts, hypervolumes against one common reference, cross-domination and the spread.
 
-    Returns {"reference": list, "hypervolume": {name: float}, "fronts": {name: DataFrame},
+    The reference: with ``references`` (each search's own, objective -> value, as its parent run records
+    it) for every search, the one they share, so each hypervolume equals the one its search logged;
+    where they differ, the worst of them per objective. Otherwise :func:`common_reference` of the trials.
+
+    Returns {"reference": list, "reference_from": "the searches' own" | "the worst of the searches' own" |
+    "the trials", "hypervolume": {name: float}, "fronts": {name: DataFrame},
     "domination": DataFrame (see :func:`cross_domination`), "mean": float, "std": float}
     where the spread (mean, sample std) is over all given searches, taken as repeats of one
     search space (they share the objectives).
     """
-    reference = common_reference(list(searches.values()), objectives, margin)
+    own = [references.get(name) for name in searches] if references else []
+    if own and all(ref is not None and set(objectives) <= set(ref) for ref in own):
+        points = np.array([[ref[name] for name in objectives] for ref in own], dtype=float)
+        worst = np.where([objectives[name] == "min" for name in objectives], points.max(0), points.min(0))
+        reference = [float(v) for v in worst]
+        source = "the searches' own" if (points == points[0]).all() else "the worst of the searches' own"
+    else:
+        reference, source = common_reference(list(searches.values()), objectives, margin), "the trials"
     volumes = {name: search_hypervolume(df, objectives, reference) for name, df in searches.items()}
     fronts = {name: front_of(df, objectives) for name, df in searches.items()}
     values = np.array(list(volumes.values()))
     return {
         "reference": reference,
+        "reference_from": source,
         "hypervolume": volumes,
         "fronts": fronts,
         "domination": cross_domination(fronts, objectives),

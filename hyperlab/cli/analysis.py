@@ -4,6 +4,7 @@ by ``hyperlab.analysis``, printed as tables."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,8 @@ def compare(args: argparse.Namespace) -> int:
     metas = {name: load_search_meta(name, uri) for name in args.names}
     objectives = shared_objectives({name: objectives_of(meta) for name, meta in metas.items()})
     searches = {name: load_search(name, uri) for name in args.names}
-    result = compare_searches(searches, objectives)
+    result = compare_searches(searches, objectives, references={name: recorded_reference(meta)
+                                                                for name, meta in metas.items()})
     out.mkdir(exist_ok=True)
     if len(objectives) >= 2:
         overlay_figure(searches, objectives, out / "fronts.png", out / "fronts.html", title=" vs ".join(args.names))
@@ -139,9 +141,23 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def recorded_reference(meta) -> dict[str, float] | None:
+    """The hypervolume reference a search's parent run records (objective -> value), if it has one."""
+    text = meta.tags.get(layout.TAG_REFERENCE)
+    if not text:
+        return None
+    try:
+        return dict(zip(objectives_of(meta), (float(v) for v in json.loads(text))))
+    except (ValueError, TypeError):
+        return None
+
+
 def _print_comparison(result: dict, objectives: dict[str, str], metas: dict) -> None:
     reference = ", ".join(f"{name}={value:.6g}" for name, value in zip(objectives, result["reference"]))
-    print(f"common reference point: {reference}")
+    why = {"the searches' own": "each search's own, as on its MLflow parent run",
+           "the worst of the searches' own": "the worst of the searches' own, per objective",
+           "the trials": "the worst trial plus 10% of the range, per objective"}[result["reference_from"]]
+    print(f"common reference point ({why}): {reference}")
     if any(name in LOG_SCALE for name in objectives):
         print(f"  (hypervolumes measure {', '.join(n for n in objectives if n in LOG_SCALE)} in decades: log10)")
     domination = result["domination"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -115,7 +116,8 @@ def _run_search(home: SearchHome, space: SearchSpace, base_config, space_text: s
                             f"`hyperlab resume {home.name}` continues it, --name starts another")
         if not resume:
             _fresh_study(space, home)
-        return _run(home, space, base_config, space_text, resume, progress, trainable)
+        bounds = reference_bounds(space, base_config, home.data_dir, largest)
+        return _run(home, space, base_config, space_text, resume, progress, trainable, bounds)
     finally:
         ON_TERMINATE.remove(lease.release)
         lease.release()
@@ -132,9 +134,22 @@ def _fresh_study(space: SearchSpace, home: SearchHome) -> None:
     create_study(space, home.name, home.optuna_storage)
 
 
+def reference_bounds(space: SearchSpace, base_config, data_dir: str | None, largest: int) -> dict[str, float]:
+    """The search's hypervolume reference where the space fixes it before any trial: the most parameters
+    the space and budget allow, and for bits per character a uniform guess over the vocabulary (log2 of
+    its size). Accuracy's is 0 (``NATURAL_WORST``); an objective with no known worst (a handwriting
+    log-loss) gets its reference from the first complete trials."""
+    from hyperlab.training.data_cache import data_shape
+
+    bounds = {"model/n_params": float(largest)} if "model/n_params" in space.objectives else {}
+    bpc = [name for name in space.objectives if name.endswith("/bpc")]
+    vocab = data_shape(space.task, base_config.data.dataset, data_dir).vocab_size if bpc else None
+    bounds.update({name: math.log2(vocab) for name in bpc if vocab})
+    return bounds
+
+
 def _run(home: SearchHome, space: SearchSpace, base_config, space_text: str, resume: bool, progress: bool,
-         trainable=None) -> Outcome:
-    bounds = {"model/n_params": space.budget.max_params} if space.budget and "model/n_params" in space.objectives else None
+         trainable=None, bounds: dict[str, float] | None = None) -> Outcome:
     recorder = SearchRecorder(home.tracking_uri, home.name, space.objectives, space.trials, home.experiment_path,
                               bounds)
     RECORDERS[home.name] = recorder

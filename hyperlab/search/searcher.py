@@ -1,8 +1,15 @@
 """Optuna drives the search through its ask-and-tell interface, on a stored study (a journal file or a
 database: ``hyperlab.search.study_storage``), as a Ray Tune ``Searcher``:
 
-* every suggestion is sized before it trains; one over the parameter budget is told FAIL (user
-  attribute ``infeasible``) and never reaches Tune, and Optuna is asked again;
+* every suggestion is sized before it trains; with a parameter budget each trial carries the Optuna
+  constraint ``n_params_over_budget`` (its parameters minus the budget: feasible at most 0, as Optuna's
+  constrained samplers read it); one over the budget never reaches Tune: it is told PRUNED with its
+  constraint violated (TPE ranks such trials below every feasible one, by how far over they are, so it
+  learns where the budget binds; a FAIL it would ignore), user attribute ``infeasible``, and Optuna is
+  asked again;
+* a configuration is trained once per search: a suggestion identical to a trial handed out before is
+  told FAIL with the user attribute ``duplicate_of`` (that trial holds the result), and Optuna is asked
+  again (the search's ``trials`` counts configurations trained);
 * a trial that trained to the end is told COMPLETE with its objectives, one stopped early PRUNED,
   one that failed FAIL; a trial told already (a resumed run reporting its final result again) is
   left as it is;
@@ -38,10 +45,17 @@ COMPLETE_KEY = "trial/complete"
 """Reported (=1) only in the final result of a trial that trained to the end."""
 N_PARAMS_KEY = "_n_params"
 OPTUNA_TRIAL_KEY = "_optuna_trial"
-MAX_INFEASIBLE_IN_A_ROW = 1000
+MAX_UNTRAINED_IN_A_ROW = 1000
 ATTR_RAY_TRIAL = "ray_trial_id"
 ATTR_N_PARAMS = "n_params"
 ATTR_INFEASIBLE = "infeasible"
+ATTR_DUPLICATE_OF = "duplicate_of"
+CONSTRAINT_BUDGET = "n_params_over_budget"
+"""The Optuna constraint of a search with a parameter budget: parameters minus the budget (feasible at most 0)."""
+
+
+def _key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
 
 
 def make_sampler(space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -156,10 +170,13 @@ class StudySearcher(Searcher):
         self._asked: dict[int, optuna.Trial] = {}  # trials this driver asked, until told (no look-ups by number)
         self._trial_ids: dict[int, int] = {}       # Optuna number -> the storage's trial id
         self._study_id: int | None = None
+        self._trained: dict[tuple, int] = {}  # parameters -> number of the trial handed out (or to be) with them
+        self._sizes: dict[tuple, int] = {}    # parameters -> parameter count
 
     def __getstate__(self):  # Tune pickles its searcher with the experiment: no database handles, no threads
         return {**self.__dict__, "_storage_obj": None, "_study_obj": None, "_next_number": None, "_handed": None,
-                "_tells": None, "_ahead": None, "_adopted_asks": False, "_asked": {}, "_trial_ids": {}, "_study_id": None}
+                "_tells": None, "_ahead": None, "_adopted_asks": False, "_asked": {}, "_trial_ids": {}, "_study_id": None,
+                "_trained": {}, "_sizes": {}}
 
     @property
     def study(self) -> optuna.Study:
@@ -195,28 +212,48 @@ class StudySearcher(Searcher):
         return {**params, N_PARAMS_KEY: n_params, OPTUNA_TRIAL_KEY: number}
 
     def _ask(self) -> tuple[int, dict, int] | None:
-        """The next trial within the budget: (number, parameters, size), sized and recorded in the study,
-        not yet handed out; None after too many over-budget suggestions in a row."""
+        """The next trial to train: (number, parameters, size), sized and recorded in the study, not yet
+        handed out; None after too many suggestions in a row that were not trained (over the budget, or a
+        configuration this search trains already)."""
         distributions = self._space.distributions()
-        for _ in range(MAX_INFEASIBLE_IN_A_ROW):
+        State = optuna.trial.TrialState
+        for _ in range(MAX_UNTRAINED_IN_A_ROW):
             study = self.study
             if self._next_number is None:  # once per driver: this one is the study's only writer
-                self._next_number = len(study.get_trials(deepcopy=False))
+                trials = study.get_trials(deepcopy=False)
+                self._next_number = len(trials)
+                self._trained = {_key(t.params): t.number for t in trials if ATTR_RAY_TRIAL in t.user_attrs}
             study.sampler = make_sampler(self._space, trial_seed(self._space.sampler.seed, self._next_number))
             trial = study.ask(distributions)
             self._next_number = trial.number + 1
             self._trial_ids[trial.number] = optuna_private.storage_trial_id(trial)
+            key = _key(trial.params)
+            if key in self._trained:
+                self._tell_duplicate(trial, self._trained[key])
+                continue
             n_params = self._size(trial.params)
             trial.set_user_attr(ATTR_N_PARAMS, n_params)
+            if self._max_params is not None:  # what constrained samplers (TPE, NSGA-II) learn the budget from
+                trial.set_constraint(CONSTRAINT_BUDGET, n_params - self._max_params)
             if self._max_params is None or n_params <= self._max_params:
                 self._asked[trial.number] = trial
+                self._trained[key] = trial.number
                 return trial.number, trial.params, n_params
             trial.set_user_attr(ATTR_INFEASIBLE, f"{n_params} parameters > budget {self._max_params:.0f}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=State.PRUNED)  # with its constraint violated (see the module docstring)
             log.info("over budget, not trained: %s (%d parameters)", trial.params, n_params)
-        log.error("%d suggestions in a row were over the parameter budget (%s): no more trials start; "
-                  "widen the budget or narrow the space", MAX_INFEASIBLE_IN_A_ROW, f"{self._max_params:,.0f}")
+        log.error("%d suggestions in a row were over the parameter budget (%s) or configurations trained already: "
+                  "no more trials start; widen the budget or the space", MAX_UNTRAINED_IN_A_ROW,
+                  "none" if self._max_params is None else f"{self._max_params:,.0f}")
         return None
+
+    def _tell_duplicate(self, trial: optuna.Trial, number: int) -> None:
+        """A suggestion identical to trial ``number`` of this search is not trained: told FAIL, user
+        attribute ``duplicate_of`` (the earlier trial holds the result; a copy told as a result would weigh
+        the same point twice in the sampler's model, and pull it back there)."""
+        trial.set_user_attr(ATTR_DUPLICATE_OF, number)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        log.info("trial %d is trial %d's configuration again: not trained", trial.number, number)
 
     def _set_handed_out(self, number: int, trial_id: str) -> None:
         self.study  # noqa: B018 - connects
@@ -245,7 +282,10 @@ class StudySearcher(Searcher):
     def _size(self, params: dict) -> int:
         from hyperlab.training import parameter_count
 
-        return int(parameter_count(self._base_config.with_overrides(params), self._data_dir)["total"])
+        key = _key(params)
+        if key not in self._sizes:
+            self._sizes[key] = int(parameter_count(self._base_config.with_overrides(params), self._data_dir)["total"])
+        return self._sizes[key]
 
     # ---- results ----------------------------------------------------------------------------------------
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -349,10 +389,12 @@ class StudySearcher(Searcher):
                 params = optuna_private.finish_ask(self.study, storage_id, distributions)
             n_params = self._size(params)
             self._storage_obj.set_trial_user_attr(storage_id, ATTR_N_PARAMS, n_params)
+            if self._max_params is not None and CONSTRAINT_BUDGET not in trial.constraints:
+                optuna.trial.Trial(self.study, storage_id).set_constraint(CONSTRAINT_BUDGET, n_params - self._max_params)
             if self._max_params is not None and n_params > self._max_params:
                 self._storage_obj.set_trial_user_attr(storage_id, ATTR_INFEASIBLE,
                                                       f"{n_params} parameters > budget {self._max_params:.0f}")
-                self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                self.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
                 continue
             adopt.append(trial.number)
         return adopt
