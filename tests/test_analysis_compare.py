@@ -58,6 +58,30 @@ def test_compare_uses_the_searches_own_reference():
     assert fallback["reference"] == [3.0, 3.0] and fallback["reference_from"] == "the trials"
 
 
+def test_hypervolume_at_equal_compute_by_hand(capsys):
+    """Trials in the order they ended, each with its CPU-seconds: B spent 2 CPU-hours in all, A 3; at B's 2
+    hours A had ended its first two trials only."""
+    hours = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta([1, 2, 3], unit="h")
+    a = frame([(1, 3), (3, 1), (0.5, 0.5)], fidelity=["complete"] * 3)
+    a["end_time"], a["cost/cpu_seconds"] = hours, [3600, 3600, 3600]
+    b = frame([(2, 2), (1, 1)], fidelity=["complete", "partial"])
+    b["end_time"], b["cost/cpu_seconds"] = hours[:2], [3600, 3600]
+    result = compare_searches({"A": a, "B": b}, MIN2, references={"A": {"a": 5.0, "b": 5.0}, "B": {"a": 5.0, "b": 5.0}})
+    equal = result["at_equal_compute"]
+    assert equal["kind"] == "cpu" and equal["hours"] == 2.0
+    # A by then: (1, 3), (3, 1) -> 12 (its third trial, ending at hour 3, would make it 20.25); B: (2, 2) -> 9
+    assert equal["hypervolume"] == pytest.approx({"A": 12.0, "B": 9.0}) and list(equal["hypervolume"]) == ["A", "B"]
+    assert result["hypervolume"]["A"] == pytest.approx(20.25)
+    from hyperlab.cli.analysis import _print_comparison
+
+    _print_comparison(result, MIN2, {})
+    printed = capsys.readouterr().out
+    assert "common reference point (each search's own, as on its MLflow parent run): a=5, b=5" in printed
+    assert "at equal compute (2 CPU-hours" in printed and "1. A: hypervolume 12\n  2. B: hypervolume 9\n" in printed
+    a["cost/cpu_seconds"] = float("nan")
+    assert compare_searches({"A": a.drop(columns="cost/cpu_seconds"), "B": b}, MIN2)["at_equal_compute"] is None
+
+
 def test_searches_with_different_objectives_are_refused():
     assert shared_objectives({"A": MIN2, "B": dict(MIN2)}) == MIN2
     with pytest.raises(UserError, match="different objectives"):

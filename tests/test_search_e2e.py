@@ -231,6 +231,21 @@ def test_search_end_to_end(mlflow_store, tmp_path, capsys, monkeypatch):
             layout.TRADEOFF_HTML_ARTIFACT} <= artifacts
     series = client.get_metric_history(parent.info.run_id, layout.HYPERVOLUME_METRIC)
     assert series[-1].step == 4 and all(a.value <= b.value for a, b in zip(series, series[1:]))
+    assert f"{layout.REPORT_DIR}/hypervolume.png" in artifacts
+
+    # each trial's cost: its CPU share (1) times the seconds it trained; on the parent, the compute spent by
+    # the time of each complete trial (all four complete here, so after the k-th, the first k that ended)
+    cost = {}
+    for run in trials:
+        assert run.data.metrics["cost/cpu_seconds"] == pytest.approx(1 * run.data.metrics["time/elapsed"])
+        assert run.data.metrics["cost/gpu_seconds"] == 0
+        cost[run.info.end_time] = run.data.metrics["cost/cpu_seconds"]
+    spent = [sum(seconds for _, seconds in sorted(cost.items())[:k]) / 3600 for k in range(1, 5)]
+    cpu_hours = client.get_metric_history(parent.info.run_id, "search/cpu_hours")
+    assert [m.step for m in cpu_hours] == [1, 2, 3, 4]
+    assert [m.value for m in cpu_hours] == pytest.approx(spent)
+    wall = [m.value for m in client.get_metric_history(parent.info.run_id, "search/wall_hours")]
+    assert wall == sorted(wall) and 0 < wall[-1] * 3600 < (parent.info.end_time - parent.info.start_time) / 1000
 
     # resuming a finished search changes nothing; a new search may not take its name
     capsys.readouterr()
@@ -308,12 +323,12 @@ def _history(client, run) -> dict[int, float]:
 
 def test_stopped_failed_and_complete_trials_each_go_where_they_belong(mlflow_store, tmp_path):
     """One search, three fates: trained to the end, stopped early by ASHA, diverged (retried, then failed)."""
-    space = write_space(tmp_path, trials=4, concurrency=2, budget=None, retries=1,
+    space = write_space(tmp_path, trials=4, concurrency=1, budget=None, retries=1,  # rung 1 in that order
                         fixed__schedule__steps=30, fixed__schedule__eval_every=10,
                         fixed__model={"cell": "hyperlstm", "hidden_size": 16, "hyper_size": 8, "n_z": 2},
                         early_stopping={"metric": "val/bpc", "grace_period": 1, "reduction_factor": 2},
-                        space={"optim.lr": {"type": "choice", "values": [0.03, 1.0e-7, 1.0e+20]}},
-                        sampler={"name": "random", "seed": 38})  # lr: 0.03, 0.03, 1e-7, 1e20
+                        space={"optim.lr": {"type": "choice", "values": [0.03, 0.02, 1.0e-7, 1.0e+20]}},
+                        sampler={"name": "random", "seed": 32})  # lr: 0.02, 0.03 (better at rung 1), 1e20, 1e-7
     out = hyperlab(tmp_path, *search_args(tmp_path, space, "fates"))
     assert out.returncode == 0, out.stdout + out.stderr
     client, parents, trials = runs_of(tmp_path, "fates")
@@ -321,9 +336,9 @@ def test_stopped_failed_and_complete_trials_each_go_where_they_belong(mlflow_sto
     by_lr = {}
     for run in trials:
         by_lr.setdefault(run.data.params["optim.lr"], []).append(run)
-    assert sorted((lr, len(runs)) for lr, runs in by_lr.items()) == [("0.03", 2), ("1e+20", 1), ("1e-07", 1)]
+    assert sorted((lr, len(runs)) for lr, runs in by_lr.items()) == [("0.02", 1), ("0.03", 1), ("1e+20", 1), ("1e-07", 1)]
 
-    for run in by_lr["0.03"]:
+    for run in by_lr["0.03"] + by_lr["0.02"]:
         assert run.info.status == "FINISHED" and run.data.tags[layout.TAG_FIDELITY] == layout.COMPLETE
         assert sorted(_history(client, run)) == [10, 20, 30]
     [stopped] = by_lr["1e-07"]  # hopeless, stopped by ASHA at the first rung
@@ -338,11 +353,12 @@ def test_stopped_failed_and_complete_trials_each_go_where_they_belong(mlflow_sto
 
     state_of = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): r.data.params["optim.lr"] for r in trials}
     study = optuna_study(tmp_path, "fates")
-    assert sorted((state_of[t.number], t.state.name) for t in study.trials) == [
-        ("0.03", "COMPLETE"), ("0.03", "COMPLETE"), ("1e+20", "FAIL"), ("1e-07", "PRUNED")]
+    trained = [t for t in study.trials if "ray_trial_id" in t.user_attrs]  # not the copies of a configuration
+    assert sorted((state_of[t.number], t.state.name) for t in trained) == [
+        ("0.02", "COMPLETE"), ("0.03", "COMPLETE"), ("1e+20", "FAIL"), ("1e-07", "PRUNED")]
     df = load_search("fates", uri(tmp_path))
     front = df[pareto_front(df, {"model/n_params": "min", "val/bpc": "min"}) == 1]
-    assert set(front["run_id"]) <= {r.info.run_id for r in by_lr["0.03"]}
+    assert set(front["run_id"]) <= {r.info.run_id for r in by_lr["0.03"] + by_lr["0.02"]}
     assert (tmp_path / "ray" / "fates" / "early_stopping.json").is_file()  # the rungs survive a driver crash
 
 

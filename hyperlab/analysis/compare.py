@@ -76,6 +76,7 @@ def compare_searches(searches: dict[str, pd.DataFrame], objectives: dict[str, st
     fronts = {name: front_of(df, objectives) for name, df in searches.items()}
     values = np.array(list(volumes.values()))
     return {
+        "at_equal_compute": at_equal_compute(searches, objectives, reference),
         "reference": reference,
         "reference_from": source,
         "hypervolume": volumes,
@@ -84,3 +85,35 @@ def compare_searches(searches: dict[str, pd.DataFrame], objectives: dict[str, st
         "mean": float(values.mean()),
         "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
     }
+
+
+def hypervolume_at_compute(df: pd.DataFrame, objectives: dict[str, str], reference, hours: float,
+                           kind: str = "cpu") -> float:
+    """The hypervolume of the complete trials a search had finished by the time its trials (all of them,
+    in the order they ended) had spent ``hours`` of ``kind`` ("cpu" or "gpu") compute: the columns
+    ``cost/cpu_seconds`` / ``cost/gpu_seconds`` and ``end_time``."""
+    column = f"cost/{kind}_seconds"
+    if column not in df or "end_time" not in df:
+        return float("nan")
+    ended = df[df["end_time"].notna()].sort_values("end_time")
+    spent = ended[column].fillna(0.0).cumsum() / 3600
+    return search_hypervolume(ended[spent <= hours * (1 + 1e-9)], objectives, reference)
+
+
+def compute_spent(df: pd.DataFrame, kind: str) -> float:
+    """The hours of ``kind`` compute a search's trials spent (0 when none was recorded)."""
+    column = f"cost/{kind}_seconds"
+    return float(df[column].fillna(0.0).sum()) / 3600 if column in df else 0.0
+
+
+def at_equal_compute(searches: dict[str, pd.DataFrame], objectives: dict[str, str], reference) -> dict | None:
+    """Each search's hypervolume at the compute the cheapest of them spent (GPU-hours where any search
+    used a GPU, else CPU-hours), best first: {"kind": "gpu"|"cpu", "hours": float, "hypervolume":
+    {name: float}}; None when some search recorded no cost."""
+    kind = "gpu" if any(compute_spent(df, "gpu") > 0 for df in searches.values()) else "cpu"
+    spent = {name: compute_spent(df, kind) for name, df in searches.items()}
+    if not all(spent.values()):
+        return None
+    hours = min(spent.values())
+    volumes = {name: hypervolume_at_compute(df, objectives, reference, hours, kind) for name, df in searches.items()}
+    return {"kind": kind, "hours": hours, "hypervolume": dict(sorted(volumes.items(), key=lambda kv: -kv[1]))}

@@ -146,3 +146,25 @@ def _html(path, x, y, title, groups, lines, knee_row, paper) -> None:
     if x in LOG_SCALE:
         fig.update_xaxes(type="log")
     fig.write_html(str(path), include_plotlyjs=True)
+
+
+def hypervolume_figure(series: pd.DataFrame, png_path) -> None:
+    """A search's hypervolume after each complete trial against the compute spent by then (GPU-hours, or
+    CPU-hours where no GPU was used) and against wall time: ``series`` has the columns
+    ``search/hypervolume``, ``search/cpu_hours``, ``search/gpu_hours``, ``search/wall_hours``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    compute = "search/gpu_hours" if series["search/gpu_hours"].max() > 0 else "search/cpu_hours"
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=130, sharey=True)
+    for ax, x, label in ((axes[0], compute, compute.split("/")[1].replace("_", "-")),
+                         (axes[1], "search/wall_hours", "wall hours")):
+        ax.step(series[x], series["search/hypervolume"], where="post", marker="o", ms=3)
+        ax.set(xlabel=label)
+        ax.grid(True, alpha=0.3)
+    axes[0].set(ylabel="hypervolume")
+    fig.tight_layout()
+    fig.savefig(Path(png_path), format="png")
+    plt.close(fig)

@@ -168,6 +168,12 @@ def _print_comparison(result: dict, objectives: dict[str, str], metas: dict) -> 
         for _, row in beaten.iterrows():
             point = ", ".join(f"{o}={row[o]:.6g}" for o in objectives)
             print(f"      {row.get('run_id', '')}  {point}  dominated by {row['dominated_by']}")
+    equal = result["at_equal_compute"]
+    if equal is not None:
+        print(f"at equal compute ({equal['hours']:.4g} {equal['kind'].upper()}-hours, what the cheapest search spent; "
+              f"trials in the order they ended):")
+        for rank, (name, volume) in enumerate(equal["hypervolume"].items(), 1):
+            print(f"  {rank}. {name}: hypervolume {volume:.6g}")
     groups: dict[str, list[str]] = {}
     for name, meta in metas.items():
         groups.setdefault(meta.tags.get(SPACE_HASH_TAG, "same objectives"), []).append(name)

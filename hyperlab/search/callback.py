@@ -19,7 +19,7 @@ from ray import tune
 
 from hyperlab.metrics import COMPLETE, FAILED, PARTIAL
 from hyperlab.search import ray_private
-from hyperlab.search.report import SearchReporter
+from hyperlab.search.report import CPU_SECONDS, GPU_SECONDS, SearchReporter
 from hyperlab.search.searcher import COMPLETE_KEY, N_PARAMS_KEY, OPTUNA_TRIAL_KEY
 from hyperlab.search.trainable import EVALUATION_KEY, NODE_KEY, RESUMED_FROM_KEY, trial_overrides
 from hyperlab.search.trial_store import TrialCheckpoints
@@ -28,7 +28,7 @@ from hyperlab.tracking.outbox import Outbox
 from hyperlab.tracking.writer import SearchWriter
 
 log = logging.getLogger(__name__)
-_METRIC_PREFIXES = ("model/", "train/", "val/", "test/", "time/", "throughput")
+_METRIC_PREFIXES = ("model/", "train/", "val/", "test/", "time/", "throughput", "cost/")
 RECORDERS: dict[str, SearchRecorder] = {}
 FLUSH_TIMEOUT_S = 600.0
 MODEL_FILES = ("model.pt", "config.yaml")  # of a trial's final checkpoint, what its run keeps (not trainer.pt)
@@ -80,6 +80,8 @@ class SearchRecorder:
     def trial_ended(self, trial, fidelity: str, outcome: str, error: str | None = None) -> None:
         number = int(trial.config[OPTUNA_TRIAL_KEY])
         metrics = {k: v for k, v in (trial.last_result or {}).items() if k.startswith(_METRIC_PREFIXES)}
+        metrics.update(trial_cost(trial, metrics))
+        self.outbox.submit(self.writer.log_final, number, metrics, int((trial.last_result or {}).get("step", 0)))
         self.outbox.submit(self._record_checkpoint, number, fidelity != FAILED)
         # the front first: the trial's own front tags then go in its last batch, with its end
         self.outbox.submit(self.reporter.trial_ended, number, trial_overrides(trial.config), metrics, fidelity)
@@ -126,6 +128,8 @@ class SearchRecorder:
             self.writer.log_metrics(number, {k: v for k, v in result.items() if k.startswith(_METRIC_PREFIXES)}, step)
         last = results[-1]
         metrics = {k: v for k, v in last.items() if k.startswith(_METRIC_PREFIXES)}
+        metrics.update(trial_cost(trial, metrics))
+        self.writer.log_final(number, metrics, int(last.get("step", 0)))
         if trial.status == "ERROR":
             fidelity, outcome, error = FAILED, "error", _error_text(trial)
         else:
@@ -207,6 +211,19 @@ class MlflowSearchCallback(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         self._recorder.experiment_ended(trials)
+
+
+def trial_cost(trial, metrics: dict) -> dict[str, float]:
+    """What a trial cost, in resource-seconds: its CPU and GPU shares (as Ray placed it) times the seconds
+    its training ran (``time/elapsed``, summed over its restarts from checkpoints); none without them."""
+    elapsed = metrics.get("time/elapsed")
+    if not isinstance(elapsed, (int, float)):
+        return {}
+    try:
+        shares = trial.placement_group_factory.required_resources
+    except Exception:  # noqa: BLE001 - a trial Tune never placed
+        return {}
+    return {CPU_SECONDS: float(shares.get("CPU", 0.0)) * elapsed, GPU_SECONDS: float(shares.get("GPU", 0.0)) * elapsed}
 
 
 def _error_text(trial) -> str:

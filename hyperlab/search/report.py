@@ -1,7 +1,9 @@
 """Keeps a search's parent run current as trials finish, from what the driver sees (the store is read
-once, when a resumed search starts): the hypervolume after every completed trial, each complete trial's
-front and knee tags, and the front (CSV and Parquet) and trade-off figure (PNG and HTML) at most every
-``every_s`` seconds and at the end.
+once, when a resumed search starts): the hypervolume after every completed trial, with the compute spent
+by then (CPU- and GPU-hours of every trial ended, complete or not: ``search/cpu_hours``,
+``search/gpu_hours``) and the wall time since the search started (``search/wall_hours``), each complete
+trial's front and knee tags, and the front (CSV and Parquet), trade-off figure (PNG and HTML) and
+hypervolume-against-compute figure at most every ``every_s`` seconds and at the end.
 
 The cost of a trial's end does not grow with the search: no re-read of the store, figures throttled,
 and the front kept incrementally. A new complete trial is compared with the front's members only; when it
@@ -26,6 +28,13 @@ from hyperlab.tracking.writer import SearchWriter
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 60.0
+CPU_SECONDS, GPU_SECONDS = "cost/cpu_seconds", "cost/gpu_seconds"  # of a trial's run (see callback.trial_cost)
+SERIES = (layout.HYPERVOLUME_METRIC, "search/cpu_hours", "search/gpu_hours", "search/wall_hours")
+HYPERVOLUME_PNG = "hypervolume.png"
+
+
+def _finite(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else 0.0
 
 
 class SearchReporter:
@@ -42,6 +51,9 @@ class SearchReporter:
         self._knee: int | None = None
         self._volume = 0.0
         self._complete: set[int] = set()  # numbers of the complete trials with every objective
+        self._spent = {CPU_SECONDS: 0.0, GPU_SECONDS: 0.0}  # summed over the trials ended
+        self._started = time.time()  # the search's start (the parent run's, once a resumed search loads)
+        self._series: list[dict[str, float]] = []  # per complete trial: the hypervolume, compute and wall time
 
     def load(self) -> None:
         """The trials a resumed search already finished, from the store (once)."""
@@ -54,10 +66,17 @@ class SearchReporter:
                     self._rows[int(row["optuna_trial"])] = row
         tag = self.writer.search_tag(layout.TAG_REFERENCE)
         self._reference = json.loads(tag) if tag else None
+        for row in self._rows.values():
+            for key in self._spent:
+                self._spent[key] += _finite(row.get(key))
+        self._started, self._series = self.writer.search_series(SERIES)
         self._rebuild_front()
 
     def trial_ended(self, number: int, params: dict, metrics: dict, fidelity: str) -> None:
         """Record a trial's end; a complete one updates the front's tags and the hypervolume."""
+        before = self._rows.get(number, {})
+        for key in self._spent:  # a trial that ends again (resumed) counts once
+            self._spent[key] += _finite(metrics.get(key)) - _finite(before.get(key))
         self._rows[number] = {"run_id": self.writer.run_id(number), "fidelity": fidelity, "optuna_trial": number,
                               **params, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self._dirty = True
@@ -76,6 +95,10 @@ class SearchReporter:
         try:
             with tempfile.TemporaryDirectory(prefix="hyperlab-report-") as tmp:
                 write_search_report(df, self.objectives, Path(tmp), reference=self._reference_point(df))
+                if self._series:
+                    from hyperlab.analysis.figures import hypervolume_figure
+
+                    hypervolume_figure(pd.DataFrame(self._series), Path(tmp) / HYPERVOLUME_PNG)
                 self.writer.log_search_artifacts(Path(tmp), layout.REPORT_DIR)
         except Exception:  # a figure that fails to draw must not end the search; the runs are safe
             log.exception("could not update the search's front and figures")
@@ -163,7 +186,12 @@ class SearchReporter:
         complete = len(self._complete)
         if complete == self._logged_complete:
             return
-        self.writer.log_search_metric(layout.HYPERVOLUME_METRIC, self._volume, step=complete)
+        point = {layout.HYPERVOLUME_METRIC: self._volume, "search/cpu_hours": self._spent[CPU_SECONDS] / 3600,
+                 "search/gpu_hours": self._spent[GPU_SECONDS] / 3600,
+                 "search/wall_hours": (time.time() - self._started) / 3600}
+        for key, value in point.items():
+            self.writer.log_search_metric(key, value, step=complete)
+        self._series.append(point)
         self._logged_complete = complete
 
     def _reference_point(self, df: pd.DataFrame | None = None) -> list[float]:

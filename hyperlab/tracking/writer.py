@@ -141,6 +141,12 @@ class SearchWriter:
         pending.tags.update(tags)
         logged.add(step)
 
+    def log_final(self, number: int, metrics: dict[str, Any], step: int) -> None:
+        """Buffer what a trial's end adds (its cost: ``cost/...``) at its last step."""
+        entries = runs.metric_entries({k: v for k, v in metrics.items() if k.startswith("cost/")}, step)
+        if entries:
+            self._buffer(self._runs[number]).metrics.extend(entries)
+
     def set_tags(self, number: int, tags: dict[str, str]) -> None:
         """Buffer tags of a trial's run (``flush`` sends them with its metrics)."""
         self._buffer(self._runs[number]).tags.update({k: str(v) for k, v in tags.items()})
@@ -202,6 +208,14 @@ class SearchWriter:
 
     def log_search_metric(self, key: str, value: float, step: int) -> None:
         self._buffer(self.parent_id).metrics.extend(runs.metric_entries({key: value}, step))
+
+    def search_series(self, keys) -> tuple[float, list[dict[str, float]]]:
+        """The parent run's start (seconds since the epoch) and its series ``keys`` (each logged at the
+        same steps) as one dict per step, as a stopped driver logged them."""
+        run = self.client.get_run(self.parent_id)
+        histories = {key: {m.step: m.value for m in self.client.get_metric_history(self.parent_id, key)} for key in keys}
+        steps = sorted(set.intersection(*(set(h) for h in histories.values()))) if histories else []
+        return run.info.start_time / 1000, [{key: histories[key][step] for key in keys} for step in steps]
 
     def log_search_artifacts(self, directory, artifact_path: str) -> None:
         self.client.log_artifacts(self.parent_id, str(directory), artifact_path)
