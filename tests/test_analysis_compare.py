@@ -86,3 +86,24 @@ def test_searches_with_different_objectives_are_refused():
     assert shared_objectives({"A": MIN2, "B": dict(MIN2)}) == MIN2
     with pytest.raises(UserError, match="different objectives"):
         shared_objectives({"A": MIN2, "B": {"a": "min", "b": "max"}})
+
+
+def test_search_quality_benchmark_measures_by_hand():
+    """benchmarks/search_quality.py's measures: the front of the complete trials that ended before the
+    compute passed the mark, and the share of the smallest tenth of the trials started that completed."""
+    import importlib.util
+    import math
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("search_quality", REPO / "benchmarks" / "search_quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    trials = pd.DataFrame({"n_params": [100.0, 1000.0, 10.0, 50.0], "bpc": [3.0, 2.0, 5.0, 1.0],
+                           "complete": [True, True, False, True], "cpu_seconds": [10.0, 20.0, 5.0, 100.0]})
+    reference = [10_000.0, 6.0]
+    # by 35 CPU-seconds the first three ended; complete: (100, 3) and (1000, 2), parameters in decades
+    expected = (math.log10(1000) - 2) * (6 - 3) + (4 - math.log10(1000)) * (6 - 2)
+    assert quality.hypervolume_at(trials, reference, 35.0) == pytest.approx(expected)
+    assert quality.hypervolume_at(trials, reference, 9.0) == 0.0
+    assert quality.smallest_decile_completed(trials) == 0.0  # the smallest, 10 parameters, was stopped
