@@ -1,9 +1,9 @@
 """How much front a search finds for its compute: hyperlab with MO-ASHA, with single-metric ASHA and with
 no early stopping, and Syne Tune's MOASHA on its local backend, on one real task, side by side in one run.
 
-The task: a HyperLSTM char-LM on the text bundled with hyperlab (hidden 16 to 192, so about 14k to 180k
-parameters), 6 evaluations of 20 steps each; objectives parameter count and validation bits per
-character. Every method samples at random (MO-ASHA in Syne Tune suggests at random too), stops at rungs
+The task: a HyperLSTM char-LM on the text bundled with hyperlab (hidden 16 to 192, hyper 8 to 32, n_z 2
+to 8: 9.6k to 267k parameters), 6 evaluations of 20 steps each; objectives parameter count and
+validation bits per character. Every method samples at random (MO-ASHA in Syne Tune suggests at random too), stops at rungs
 of 1, 2 and 4 evaluations with reduction factor 2 where it stops at all, and runs 2 trials at a time. A
 trial's cost is the CPU-seconds it trained (one CPU times its ``time/elapsed``). The search without early
 stopping starts ``--trials`` trials; the others start three times as many, which costs them at least as

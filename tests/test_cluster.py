@@ -343,8 +343,8 @@ def test_a_lost_worker_node_s_trial_continues_on_the_head_from_its_checkpoint(cl
     space = space_file(tmp_path, trials=2, concurrency=2, budget=None, retries=2,
                        fixed={**TINY["fixed"], "schedule": {"steps": 4000, "eval_every": 200, "eval_batches": 2,
                                                             "test": False}},  # the worker's trial outlasts the poll
-                       space={"model.n_z": {"type": "choice", "values": [2]}, "model.hidden_size":
-                              {"type": "choice", "values": [16]}, "model.hyper_size": {"type": "choice", "values": [8]}})
+                       space={"model.n_z": {"type": "choice", "values": [2]}, "model.hidden_size":  # two configurations
+                              {"type": "choice", "values": [16, 17]}, "model.hyper_size": {"type": "choice", "values": [8]}})
     optuna_db = Path(env["HYPERLAB_ROOT"]) / "optuna-b.db"
     out = hyperlab(env, tmp_path, "search", str(space), "--name", "lost", "--address", cluster.jobs, "--detach",
                    "--storage", f"s3://{BUCKET}/ray", "--tracking-uri", mlflow_server.uri,

@@ -250,6 +250,12 @@ def test_trials_that_ended_after_the_last_snapshot_count_towards_the_total(tmp_p
     restored.wait_for_tells()
     told = restored.study.trials[late[OPTUNA_TRIAL_KEY]]
     assert told.state.name == "COMPLETE" and told.values == [1.0, 2.0] and told.user_attrs["ray_trial_id"] == "late"
+    # a snapshot of an older hyperlab (no "ended"): every ended trial counts as seen, none is handed out again
+    old = tmp_path / "old-state.json"
+    old.write_text(json.dumps({"numbers": json.loads(snapshot.read_text())["numbers"]}))
+    again, _, _ = searcher(tmp_path, kind)
+    again.restore(str(old))
+    assert again.orphans() == [ahead]  # the one still running is, as ever; the late one, ended, is not
 
 
 def test_suggestions_depend_on_the_seed_and_the_trial_number_only(tmp_path, kind):
@@ -810,6 +816,11 @@ def test_a_configuration_is_trained_once(tmp_path, monkeypatch):
     assert len(copies) == len(trials) - 2 >= 30
     for t in copies:
         assert t.state.name == "FAIL" and by_number[t.user_attrs["duplicate_of"]] == t.params["model.hidden_size"]
+    for tid in ("a", "b"):
+        search.on_trial_complete(tid, {"model/n_params": 1.0, "val/bpc": 2.0, COMPLETE_KEY: 1})
+    search.wait_for_tells()
+    assert "exhausted" in search.study.user_attrs  # the search ends with the two it has, not as interrupted
+    assert searcher_module.all_trials_ended("d", str(tmp_path / "optuna.log"), 3)
     resumed = StudySearcher(space, base, study_name="d", optuna_storage=str(tmp_path / "optuna.log"))
-    assert resumed._ask() is None  # a new driver knows the trained configurations from the study
-    assert len(resumed.study.trials) == len(trials) + 30
+    assert resumed.suggest("again") == "FINISHED"  # a resumed search asks nothing more
+    assert len(resumed.study.trials) == len(trials)

@@ -50,6 +50,9 @@ ATTR_RAY_TRIAL = "ray_trial_id"
 ATTR_N_PARAMS = "n_params"
 ATTR_INFEASIBLE = "infeasible"
 ATTR_DUPLICATE_OF = "duplicate_of"
+ATTR_EXHAUSTED = "exhausted"
+"""The study's user attribute once the search ran out of configurations to train (its reason): no more
+are asked, and the search ends with the trials it has."""
 CONSTRAINT_BUDGET = "n_params_over_budget"
 """The Optuna constraint of a search with a parameter budget: parameters minus the budget (feasible at most 0)."""
 
@@ -125,7 +128,8 @@ def all_trials_ended(study_name: str, url: str, total: int) -> bool:
     Ray's last snapshot saw: trials may have ended after it)."""
     study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     handed = [t for t in study.get_trials(deepcopy=False) if ATTR_RAY_TRIAL in t.user_attrs]
-    return len(handed) >= total and all(t.state.is_finished() for t in handed)
+    asked_all = len(handed) >= total or ATTR_EXHAUSTED in study.user_attrs
+    return asked_all and all(t.state.is_finished() for t in handed)
 
 
 def tell_ended(study_name: str, url: str, objectives, ended: dict[int, tuple[str, dict]]) -> int:
@@ -159,7 +163,6 @@ class StudySearcher(Searcher):
         self._max_params = space.budget.max_params if space.budget else None
         self._numbers: dict[str, int] = {}  # Tune's trial id -> Optuna trial number, for trials Tune knows
         self._ended: set[int] = set()       # numbers of the trials whose end Tune has seen
-        self._ends_saved = True
         self._adopt: list[int] = []          # numbers asked but unknown to Tune's restored state
         self._storage_obj = self._study_obj = None
         self._next_number: int | None = None  # the number the next ask gets
@@ -197,6 +200,8 @@ class StudySearcher(Searcher):
             return self._hand_out(trial_id, self._adopt.pop(0))
         if self._handed is None:  # once per driver: trials handed out before, known to Tune's snapshot or not
             self._handed = sum(ATTR_RAY_TRIAL in t.user_attrs for t in self.study.get_trials(deepcopy=False))
+            if ATTR_EXHAUSTED in self.study.user_attrs:
+                self._handed = self._space.trials  # ran out before: nothing more to ask
         if self._handed >= self._space.trials:
             return Searcher.FINISHED  # some ended after Ray's last snapshot: Tune's own count is behind
         ahead, self._ahead = self._ahead, None
@@ -242,9 +247,11 @@ class StudySearcher(Searcher):
             trial.set_user_attr(ATTR_INFEASIBLE, f"{n_params} parameters > budget {self._max_params:.0f}")
             study.tell(trial, state=State.PRUNED)  # with its constraint violated (see the module docstring)
             log.info("over budget, not trained: %s (%d parameters)", trial.params, n_params)
-        log.error("%d suggestions in a row were over the parameter budget (%s) or configurations trained already: "
-                  "no more trials start; widen the budget or the space", MAX_UNTRAINED_IN_A_ROW,
-                  "none" if self._max_params is None else f"{self._max_params:,.0f}")
+        reason = (f"{MAX_UNTRAINED_IN_A_ROW} suggestions in a row were over the parameter budget "
+                  f"({'none' if self._max_params is None else f'{self._max_params:,.0f}'}) or configurations trained "
+                  f"already")
+        log.error("%s: no more trials start; widen the budget or the space", reason)
+        self.study.set_user_attr(ATTR_EXHAUSTED, reason)
         return None
 
     def _tell_duplicate(self, trial: optuna.Trial, number: int) -> None:
@@ -342,8 +349,12 @@ class StudySearcher(Searcher):
         with open(checkpoint_path) as f:
             state = json.load(f)
         self._numbers = {str(k): int(v) for k, v in state["numbers"].items()}
-        self._ended = set(state.get("ended", ()))
-        self._ends_saved = "ended" in state  # not in a snapshot of an older hyperlab: adopt no ended trial
+        if "ended" in state:
+            self._ended = set(state["ended"])
+        else:  # a snapshot of an older hyperlab: every ended trial counts as seen (none is handed out again)
+            known = set(self._numbers.values())
+            self._ended = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()
+                           and ATTR_RAY_TRIAL in t.user_attrs and t.number not in known}
         self._record_hand_outs()
         self._adopt = self.orphans()
 
@@ -366,8 +377,7 @@ class StudySearcher(Searcher):
         (it is its final one, or the one it was stopped at) and ends it again (the study is told nothing new)."""
         known = set(self._numbers.values()) | self._ended
         State = optuna.trial.TrialState
-        ended_unseen = (State.COMPLETE, State.PRUNED) if self._ends_saved else ()
-        trials = self.study.get_trials(deepcopy=False, states=(State.RUNNING, *ended_unseen))
+        trials = self.study.get_trials(deepcopy=False, states=(State.RUNNING, State.COMPLETE, State.PRUNED))
         handed = [t.number for t in trials if t.number not in known and ATTR_RAY_TRIAL in t.user_attrs]
         self._adopted_asks = True
         return sorted(handed + self._unhanded_asks())
