@@ -343,18 +343,11 @@ class StudySearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         self.wait_for_tells()
         with open(checkpoint_path, "w") as f:
-            json.dump({"numbers": self._numbers, "ended": sorted(self._ended)}, f)
+            json.dump(self.get_state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
-            state = json.load(f)
-        self._numbers = {str(k): int(v) for k, v in state["numbers"].items()}
-        if "ended" in state:
-            self._ended = set(state["ended"])
-        else:  # a snapshot of an older hyperlab: every ended trial counts as seen (none is handed out again)
-            known = set(self._numbers.values())
-            self._ended = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()
-                           and ATTR_RAY_TRIAL in t.user_attrs and t.number not in known}
+            self.set_state(json.load(f))
         self._record_hand_outs()
         self._adopt = self.orphans()
 
@@ -413,5 +406,10 @@ class StudySearcher(Searcher):
         return {"numbers": self._numbers, "ended": sorted(self._ended)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._numbers = dict(state["numbers"])
-        self._ended = set(state.get("ended", ()))
+        self._numbers = {str(k): int(v) for k, v in state["numbers"].items()}
+        if "ended" in state:
+            self._ended = {int(n) for n in state["ended"]}
+        else:  # a snapshot of an older hyperlab: every ended trial counts as seen (none is handed out again)
+            known = set(self._numbers.values())
+            self._ended = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()
+                           and ATTR_RAY_TRIAL in t.user_attrs and t.number not in known}
