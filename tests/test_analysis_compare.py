@@ -107,3 +107,22 @@ def test_search_quality_benchmark_measures_by_hand():
     assert quality.hypervolume_at(trials, reference, 35.0) == pytest.approx(expected)
     assert quality.hypervolume_at(trials, reference, 9.0) == 0.0
     assert quality.smallest_decile_completed(trials) == 0.0  # the smallest, 10 parameters, was stopped
+
+
+def test_sampler_pruning_benchmark_spends_the_compute_it_is_given():
+    """benchmarks/sampler_pruning.py: each simulated search spends its evaluations (the last trial may run
+    past them), stops trials at MO-ASHA's rungs, and its NSGA-II generations advance on stopped trials."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("sampler_pruning", REPO / "benchmarks" / "sampler_pruning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.n_params({"hidden": 32, "hyper": 16, "n_z": 4}) == 4 * 32 * 82 + 4 * 16 * 80 + 8 * 4 * 48 + 32 * 50
+    for sampler in ("random", "tpe", "nsga2 early-stopped"):
+        run = bench.search(sampler, "pruned", seed=1, evaluations=90, population=4)
+        assert 90 <= run["spent"] < 90 + bench.MAX_EVALUATIONS
+        assert run["complete"] < run["trials"] and run["spent"] < run["trials"] * bench.MAX_EVALUATIONS  # some stopped
+        assert 0 < run["hv"] < 1 and 0 < run["log_hv"] < 1
+    assert run["generation"] >= (run["trials"] - 4) // 4  # every four ended trials, a generation

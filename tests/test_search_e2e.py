@@ -526,3 +526,42 @@ def test_moasha_completes_the_small_models_that_asha_stops(tmp_path):
     completed = {name: [studies[name][i].state.name == "COMPLETE" for i in smallest] for name in rules}
     assert completed == {"moasha": [True] * 4, "asha": [False] * 4}
     assert "PRUNED" in [t.state.name for t in studies["moasha"]]  # it does stop trials
+
+
+def test_nsga2_generations_advance_in_a_search_that_stops_trials(tmp_path):
+    """A real search with NSGA-II (population 2) and MO-ASHA, one trial at a time: every trial's generation
+    is the rule's (a generation ends once two of its trials ended in training, complete or stopped),
+    replayed over the study's record; Optuna's own NSGA-II, counting complete trials only, would be
+    behind."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from hyperlab.search.searcher import ATTR_RAY_TRIAL, EarlyStoppedNSGAII
+
+    data = yaml.safe_load(TINY.read_text())
+    data.update(trials=16, concurrency=1, budget=None, sampler={"name": "nsga2", "seed": 3, "population_size": 2})
+    data["fixed"]["schedule"].update(steps=40, eval_every=10)
+    data["early_stopping"] = {"rule": "moasha", "grace_period": 1, "reduction_factor": 2}
+    (tmp_path / "nsga.yaml").write_text(yaml.safe_dump(data))
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "data" / "rung_driver.py"), str(tmp_path), "nsga"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials = optuna.load_study(study_name="nsga", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))).trials
+    trained = [t for t in trials if ATTR_RAY_TRIAL in t.user_attrs]
+    assert len(trained) == 16 and {t.state.name for t in trained} == {"COMPLETE", "PRUNED"}
+    key = EarlyStoppedNSGAII._GENERATION_KEY
+    # one at a time, and the next trial asked as one is handed out: trial k's ask saw trained trials
+    # before k-1 ended (and the copies of trained ones, told FAIL at once, count for nothing)
+    def replay(counts) -> list[int]:
+        generations = []
+        for k in range(len(trained)):
+            ended = [g for g, t in zip(generations, trained[:max(k - 1, 0)]) if counts(t)]
+            latest = max(ended, default=0)
+            generations.append(latest + 1 if ended.count(latest) >= 2 else latest)
+        return generations
+
+    ours = [t.system_attrs[key] for t in trained]
+    assert ours == replay(lambda t: True)
+    optunas = replay(lambda t: t.state.name == "COMPLETE")  # Optuna's NSGA-II on the same trials
+    assert ours[-1] > optunas[-1], (ours, optunas, "".join(t.state.name[0] for t in trained))

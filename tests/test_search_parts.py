@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import jsonschema
+import optuna
 import pandas as pd
 import pydantic
 import pytest
@@ -824,3 +825,51 @@ def test_a_configuration_is_trained_once(tmp_path, monkeypatch):
     resumed = StudySearcher(space, base, study_name="d", optuna_storage=str(tmp_path / "optuna.log"))
     assert resumed.suggest("again") == "FINISHED"  # a resumed search asks nothing more
     assert len(resumed.study.trials) == len(trials)
+
+
+def _generations(sampler_class, told: list[str], population: int = 4) -> tuple[optuna.Study, list[int]]:
+    """A study of ``told`` trials (C complete, P stopped early, B over the budget, as hyperlab tells them)
+    asked one after the other with ``sampler_class``; the generation each trial was asked in."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    x = optuna.distributions.FloatDistribution(0, 1)
+    for number, fate in enumerate(told):
+        study.sampler = sampler_class(seed=number, population_size=population)
+        trial = study.ask({"x": x})
+        if fate == "C":
+            study.tell(trial, [number, -number])  # every complete trial is on one front
+        else:
+            if fate == "B":
+                trial.set_user_attr(searcher_module.ATTR_INFEASIBLE, "over")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    key = sampler_class._GENERATION_KEY
+    return study, [t.system_attrs[key] for t in study.trials]
+
+
+def test_nsga2_generations_advance_on_trials_stopped_early():
+    """Optuna's NSGA-II counts only complete trials towards a generation; hyperlab's counts every trial that
+    ended in training (not the over-budget ones, never trained)."""
+    told = list("CPPCPPCPPCPPCPPCPP")
+    _, optunas = _generations(optuna.samplers.NSGAIISampler, told)
+    assert optunas == [0] * 10 + [1] * 8  # the fourth complete trial is the tenth
+    _, ours = _generations(searcher_module.EarlyStoppedNSGAII, told)
+    assert ours == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 2
+    _, budget = _generations(searcher_module.EarlyStoppedNSGAII, list("CBBPBPCBBPC"))
+    assert budget == [0] * 7 + [1] * 4  # C, P, P, C are the first generation's four
+    space, _ = load_search_space(REPO / "search_spaces" / "quickstart.yaml")
+    nsga2 = space.model_copy(update={"sampler": space.sampler.model_copy(update={"name": "nsga2"})})
+    assert type(searcher_module.make_sampler(nsga2, 0)) is searcher_module.EarlyStoppedNSGAII
+
+
+def test_nsga2_parents_are_the_elite_of_earlier_complete_trials():
+    """Generation g's parents: NSGA-II's elite of the trials complete in generations before g, worked out by
+    hand; a stopped trial is never a parent; with fewer than two complete trials, no parents (random)."""
+    sampler_class = searcher_module.EarlyStoppedNSGAII
+    study, generations = _generations(sampler_class, list("PPPC" "PCCP" "PP"), population=4)
+    assert generations == [0] * 4 + [1] * 4 + [2] * 2
+    sampler = sampler_class(seed=0, population_size=4)
+    assert sampler.get_parent_population(study, 1) == []  # one complete trial in generation 0
+    # generation 2: trials 3, 5, 6 complete, values (3,-3), (5,-5), (6,-6): one front, all three parents
+    assert sorted(t.number for t in sampler.get_parent_population(study, 2)) == [3, 5, 6]
+    sampler = sampler_class(seed=0, population_size=2)  # the elite of two: the front's two ends (crowding)
+    assert sorted(t.number for t in sampler.select_parent(study, 2)) == [3, 6]

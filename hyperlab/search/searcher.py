@@ -12,7 +12,11 @@ database: ``hyperlab.search.study_storage``), as a Ray Tune ``Searcher``:
   again (the search's ``trials`` counts configurations trained);
 * a trial that trained to the end is told COMPLETE with its objectives, one stopped early PRUNED,
   one that failed FAIL; a trial told already (a resumed run reporting its final result again) is
-  left as it is;
+  left as it is. TPE takes a PRUNED trial as Optuna does, behind every complete one (with the trials
+  that shape its density of bad configurations): under MO-ASHA a stopped trial is one dominated at its
+  rung, which is evidence against its configuration, not against its size (measured against leaving
+  stopped trials out of TPE's model: ``benchmarks/sampler_pruning.py``, README). NSGA-II is
+  ``EarlyStoppedNSGAII``, whose generations advance on stopped trials too;
 * the study is the record of what was suggested: an Optuna trial asked after Ray's last experiment
   snapshot (a driver killed in between, even between the ask and the hand-out) is *adopted* on resume
   (handed to Tune again, with its number and parameters) instead of a new one being asked;
@@ -70,11 +74,44 @@ def make_sampler(space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSa
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, **kwargs)
     if s.name == "nsga2":
         kwargs = {} if s.population_size is None else {"population_size": s.population_size}
-        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
+        return EarlyStoppedNSGAII(seed=seed, **kwargs)
     if s.name == "gp":
         kwargs = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
         return optuna.samplers.GPSampler(seed=seed, **kwargs)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+class EarlyStoppedNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II for a search that stops trials early. Optuna's NSGA-II counts a generation as done once
+    ``population_size`` of its trials are COMPLETE; when early stopping ends most trials PRUNED, a
+    generation lasts several times its size and the first one, sampled at random, most of the search.
+    Here a generation is done once ``population_size`` of its trials *ended in training*, complete or
+    stopped early (not those over the budget, never trained), and the parents of generation ``g`` are
+    NSGA-II's elite (non-dominated rank, then crowding distance; feasible first) of every trial that
+    completed in generations before ``g``: a stopped trial has no final objectives and is never a parent,
+    and a generation with few completions keeps the parents earlier ones found. While fewer than two
+    trials have completed, a generation is sampled at random."""
+
+    def get_trial_generation(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
+        key = self._get_generation_key()
+        generation = trial.system_attrs.get(key)
+        if generation is not None:
+            return generation
+        State = optuna.trial.TrialState
+        ended = [t.system_attrs.get(key, -1) for t in study.get_trials(deepcopy=False, states=(State.COMPLETE, State.PRUNED))
+                 if t.state == State.COMPLETE or ATTR_INFEASIBLE not in t.user_attrs]
+        latest = max(ended, default=0)
+        generation = latest + 1 if ended.count(latest) >= self.population_size else max(latest, 0)
+        optuna_private.set_system_attr(study, trial, key, generation)
+        return generation
+
+    def select_parent(self, study: optuna.Study, generation: int) -> list[optuna.trial.FrozenTrial]:
+        key = self._get_generation_key()
+        earlier = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                   if t.system_attrs.get(key, 0) < generation]
+        if len(earlier) < 2:
+            return []
+        return optuna_private.nsga2_elite(study, earlier, self.population_size)
 
 
 def trial_seed(seed: int | None, number: int) -> int | None:
