@@ -686,6 +686,37 @@ def test_a_trial_that_ended_before_the_driver_was_killed_gets_its_end_on_resume(
     assert len(MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "val/bpc")) == 3
 
 
+def test_a_trial_that_failed_after_the_last_snapshot_has_its_run_ended_on_resume(mlflow_store, tmp_path):
+    """SIGKILL after a trial handed out since Ray's last snapshot failed and the study was told FAIL, before
+    its end reached MLflow: Tune's restored state does not hold it (nothing runs it again), so the resumed
+    driver ends its run FAILED; a failed trial Tune does hold (it runs it again), and one ended before, are
+    left to Tune."""
+    from types import SimpleNamespace
+
+    from hyperlab.search.callback import SearchRecorder
+    from hyperlab.tracking import layout
+
+    objectives = {"model/n_params": "min", "val/bpc": "min"}
+    trials = [SimpleNamespace(trial_id=f"t{n}", config={OPTUNA_TRIAL_KEY: n, N_PARAMS_KEY: 100, "model.n_z": n + 1},
+                              status="RUNNING", last_result={}, local_path=str(tmp_path), path=None) for n in range(3)]
+    killed = SearchRecorder(mlflow_store, "failed", objectives, total=3, experiment_path=str(tmp_path / "ray"))
+    killed.start(tags={}, params={}, artifacts={}, resumed=False)
+    for trial in trials:
+        killed.trial_started(trial)
+        killed.trial_result(trial, {"step": 10, "val/bpc": 3.0, "model/n_params": 100.0})
+    killed.outbox.flush(30)  # ... the driver dies: every run RUNNING; the study holds 0 and 1 FAIL
+
+    resumed = SearchRecorder(mlflow_store, "failed", objectives, total=3, experiment_path=str(tmp_path / "ray"))
+    resumed.failed_in_study = {0, 1}
+    resumed.start(tags={}, params={}, artifacts={}, resumed=True)
+    resumed.restored([trials[1], trials[2]])  # the snapshot holds 1 and 2 (Tune runs them again), not 0
+    resumed.outbox.flush(30)
+    status = {int(r.data.tags[layout.TAG_OPTUNA_TRIAL]): (r.info.status, r.data.tags.get(layout.TAG_FIDELITY))
+              for r in resumed.writer.trial_runs()}
+    assert status == {0: ("FAILED", "failed"), 1: ("RUNNING", None), 2: ("RUNNING", None)}
+    assert resumed.errors == 1
+
+
 def test_trials_tune_saw_end_but_the_study_holds_running_are_told_at_the_end(tmp_path, kind):
     """A kill between Tune's snapshot of trials' ends and the tells: the study is told from Tune's record
     (complete with its objectives, stopped early as PRUNED); trials it had told already, and ones Tune did

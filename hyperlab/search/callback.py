@@ -43,6 +43,7 @@ class SearchRecorder:
         self.reporter = SearchReporter(self.writer, objectives, bounds)
         self.outbox = Outbox(on_idle=self.writer.flush)
         self.statuses: dict[str, str] | None = None  # Tune trial id -> status, when the experiment ended
+        self.failed_in_study: set[int] = set()  # numbers the study holds FAIL (a resumed search; see ``restored``)
         self.ended_before: dict[int, tuple[str, dict]] = {}  # Optuna number -> Tune status and last result, of
         # the trials that had ended when Tune's snapshot was taken (a resumed search)
         self._process: dict[str, tuple] = {}  # Tune trial id -> (node, step resumed from) of its process
@@ -113,6 +114,20 @@ class SearchRecorder:
             if trial.status in ("TERMINATED", "ERROR"):
                 self.ended_before[int(trial.config[OPTUNA_TRIAL_KEY])] = (trial.status, dict(trial.last_result or {}))
                 self.outbox.submit(self._catch_up, trial)
+        known = {int(trial.config[OPTUNA_TRIAL_KEY]) for trial in trials}
+        for number in sorted(self.failed_in_study - known):
+            self.outbox.submit(self._close_failed, number)
+
+    def _close_failed(self, number: int) -> None:
+        """A trial that failed after Ray's last snapshot, before the driver stopped: the study holds its
+        FAIL, Tune's restored state does not hold the trial, so nothing runs it again; its run, if the end
+        had not reached MLflow, is ended FAILED now."""
+        if not self.writer.is_open(number):
+            return
+        self.errors += 1
+        self.writer.end_trial(number, FAILED, "error", "the trial failed before the driver stopped, after Ray's "
+                              "last experiment snapshot: its error is in its Ray trial directory's error.txt")
+        log.info("trial %d failed before the driver stopped: its record is ended now", number)
 
     def _catch_up(self, trial) -> None:
         """A trial that ended before the driver stopped (Tune's snapshot says so, so Tune does not run it

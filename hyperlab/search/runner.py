@@ -36,6 +36,7 @@ from hyperlab.search.searcher import (
     StudySearcher,
     all_trials_ended,
     create_study,
+    failed_trials,
     seal_studies,
     tell_ended,
     wait_for_tells,
@@ -172,6 +173,7 @@ def _run(home: SearchHome, space: SearchSpace, base_config, space_text: str, res
         if home.address is None:  # the local Ray's workers share this machine's build
             build_kernels_first(space, base_config)
         if resume:  # Tune restores the searcher and the scheduler; unfinished trials continue from checkpoints
+            recorder.failed_in_study = failed_trials(home.name, home.optuna_storage)
             tuner = tune.Tuner.restore(home.experiment_path, trainable, resume_unfinished=True)
         else:
             # MLflow is the record; Tune's JSON logger stays (its ResultGrid reads each trial's result.json)

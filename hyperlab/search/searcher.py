@@ -169,6 +169,13 @@ def all_trials_ended(study_name: str, url: str, total: int) -> bool:
     return asked_all and all(t.state.is_finished() for t in handed)
 
 
+def failed_trials(study_name: str, url: str) -> set[int]:
+    """Numbers of the trials handed out to Tune that the study holds FAIL."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+            if ATTR_RAY_TRIAL in t.user_attrs}
+
+
 def tell_ended(study_name: str, url: str, objectives, ended: dict[int, tuple[str, dict]]) -> int:
     """Tell the study the end of trials that Tune saw end (``ended``: Optuna number -> Tune status and last
     result) but that it still holds RUNNING: a driver killed between Tune's snapshot of a trial's end and the
