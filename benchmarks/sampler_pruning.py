@@ -73,10 +73,9 @@ def search(sampler: str, pruned: str, seed: int, evaluations: int, population: i
     rng = np.random.default_rng(seed)
     spent, complete = 0, []
     while spent < evaluations:
-        study.sampler = make_sampler(config, trial_seed(seed, len(study.trials)))
-        if sampler == "nsga2":  # Optuna's own, for the comparison
-            study.sampler = optuna.samplers.NSGAIISampler(seed=trial_seed(seed, len(study.trials)),
-                                                          population_size=population)
+        ask_seed = trial_seed(seed, len(study.trials))
+        study.sampler = (optuna.samplers.NSGAIISampler(seed=ask_seed, population_size=population)  # Optuna's own
+                         if sampler == "nsga2" else make_sampler(config, ask_seed))
         trial = study.ask(SPACE)
         size, noise = n_params(trial.params), rng.standard_normal()
         for evaluation in range(1, MAX_EVALUATIONS + 1):
