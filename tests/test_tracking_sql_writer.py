@@ -121,3 +121,23 @@ def test_another_schema_or_store_is_written_by_the_client(mlflow_store, monkeypa
     assert mlflow_sql.RunWriter.open(f"sqlite:///{tmp_path / 'absent.db'}") is None
     monkeypatch.setattr(mlflow_sql, "TESTED_SCHEMAS", frozenset())
     assert mlflow_sql.RunWriter.open(mlflow_store) is None
+
+
+def test_the_store_is_read_while_the_writer_holds_a_transaction(_empty_store, tmp_path):
+    """The writer puts the store in write-ahead-log mode: ``hyperlab list`` (the read-only reader) and
+    MLflow's own client read the last committed runs while the search's writer holds its write lock,
+    instead of waiting out its commits, as readers of a rollback journal do."""
+    [uri] = _stores(_empty_store, tmp_path)[1:]
+    db = tmp_path / "sql.db"
+    experiment = get_or_create_experiment(MlflowClient(uri), "search")
+    writer = mlflow_sql.RunWriter.open(uri)
+    run_id = writer.create_run(experiment, "t00", {"hyperlab.role": "trial"})
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with writer._transaction() as conn:  # the write lock held, a second run not yet committed
+        conn.execute("UPDATE runs SET status = 'FAILED' WHERE run_uuid = ?", (run_id,))
+        rows = mlflow_sql.runs_with_tag(db, "search", "hyperlab.role", "trial")
+        assert list(rows["run_id"]) == [run_id] and list(rows["status"]) == ["RUNNING"]
+        assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"
+    assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+    writer.close()
