@@ -123,21 +123,22 @@ def test_another_schema_or_store_is_written_by_the_client(mlflow_store, monkeypa
     assert mlflow_sql.RunWriter.open(mlflow_store) is None
 
 
-def test_the_store_is_read_while_the_writer_holds_a_transaction(_empty_store, tmp_path):
-    """The writer puts the store in write-ahead-log mode: ``hyperlab list`` (the read-only reader) and
-    MLflow's own client read the last committed runs while the search's writer holds its write lock,
-    instead of waiting out its commits, as readers of a rollback journal do."""
+def test_the_store_is_read_while_a_commit_holds_it(_empty_store, tmp_path):
+    """The writer puts the store in write-ahead-log mode with commits that do not wait for the disk:
+    ``hyperlab list`` (the read-only reader) reads the last committed runs while the writer holds the
+    database exclusively, as a commit does, where a rollback journal makes it wait (30 s, then fail)."""
     [uri] = _stores(_empty_store, tmp_path)[1:]
     db = tmp_path / "sql.db"
     experiment = get_or_create_experiment(MlflowClient(uri), "search")
     writer = mlflow_sql.RunWriter.open(uri)
     run_id = writer.create_run(experiment, "t00", {"hyperlab.role": "trial"})
+    assert writer._conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    with writer._transaction() as conn:  # the write lock held, a second run not yet committed
-        conn.execute("UPDATE runs SET status = 'FAILED' WHERE run_uuid = ?", (run_id,))
-        rows = mlflow_sql.runs_with_tag(db, "search", "hyperlab.role", "trial")
-        assert list(rows["run_id"]) == [run_id] and list(rows["status"]) == ["RUNNING"]
-        assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"
+    writer._conn.execute("BEGIN EXCLUSIVE")  # the lock a commit takes, with a change not yet committed
+    writer._conn.execute("UPDATE runs SET status = 'FAILED' WHERE run_uuid = ?", (run_id,))
+    rows = mlflow_sql.runs_with_tag(db, "search", "hyperlab.role", "trial")
+    assert list(rows["run_id"]) == [run_id] and list(rows["status"]) == ["RUNNING"]
+    writer._conn.execute("COMMIT")
     assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
     writer.close()

@@ -30,6 +30,8 @@ import sqlalchemy
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+from hyperlab.tracking.mlflow_sql import write_ahead
+
 
 def is_journal(spec: str) -> bool:
     return "://" not in spec
@@ -96,7 +98,4 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def _sqlite_pragmas(connection, record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    write_ahead(connection)

@@ -94,7 +94,7 @@ class RunWriter:
 
     def __init__(self, db: Path):
         self._conn = sqlite3.connect(str(db), timeout=30, isolation_level=None, check_same_thread=False)
-        _write_ahead(self._conn)
+        write_ahead(self._conn)
         self._lock = threading.Lock()
         self._artifact_roots: dict[str, str] = {}
 
@@ -237,9 +237,9 @@ WHERE (excluded.step, excluded.timestamp, excluded.value)
 """
 
 
-def _write_ahead(conn: sqlite3.Connection) -> None:
-    """The store in write-ahead-log mode (kept by the file, for every connection: readers never wait for
-    the writer, nor it for them) and this connection's commits without a sync to disk (in that mode a
+def write_ahead(conn: sqlite3.Connection) -> None:
+    """A sqlite database in write-ahead-log mode (kept by the file, for every connection: readers never wait
+    for the writer, nor it for them) and this connection's commits without a sync to disk (in that mode a
     transaction committed survives the process being killed at any moment; only a power cut can take the
     last ones back, never the file's consistency): a commit then costs the writer microseconds, not the
     journal file's creation, syncs and deletion."""
