@@ -571,6 +571,45 @@ def test_the_first_end_of_the_record_is_its_end(mlflow_store, tmp_path, first):
     assert run.info.status == expected
 
 
+def test_the_final_report_is_written_as_the_last_trial_ends(mlflow_store, tmp_path):
+    """Figures are drawn at most once a minute, but the last trial's end draws them at once (while Tune
+    stops its workers), with every trial on the front; the end of the record then draws nothing again."""
+    from types import SimpleNamespace
+
+    from hyperlab.metrics import COMPLETE
+    from hyperlab.search import report
+    from hyperlab.search.callback import SearchRecorder
+    from hyperlab.tracking import layout
+
+    recorder = SearchRecorder(mlflow_store, "last", {"model/n_params": "min", "val/bpc": "min"}, total=3,
+                              experiment_path=str(tmp_path / "ray"))
+    recorder.start(tags={}, params={}, artifacts={}, resumed=False)
+    drawn = []
+    draw = recorder.reporter.publish
+    recorder.reporter.publish = lambda force=False: (drawn.append((recorder.reporter.ended, force)), draw(force))
+
+    def artifacts():
+        return sorted(f.path for f in recorder.writer.client.list_artifacts(recorder.writer.parent_id, layout.REPORT_DIR))
+
+    for number, (n_params, bpc) in enumerate([(100, 2.0), (50, 2.5), (200, 1.5)]):
+        trial = SimpleNamespace(trial_id=f"t{number}", config={OPTUNA_TRIAL_KEY: number, N_PARAMS_KEY: n_params,
+                                                               "model.n_z": number},
+                                last_result={"val/bpc": bpc, "model/n_params": float(n_params), COMPLETE_KEY: 1})
+        recorder.trial_started(trial)
+        recorder.trial_ended(trial, COMPLETE, "completed")
+        assert recorder.outbox.flush(30)
+        if number < 2:
+            assert artifacts() == []  # a minute has not passed
+    assert drawn == [(1, False), (2, False), (3, True)]
+    assert f"{layout.REPORT_DIR}/tradeoff.png" in artifacts()
+    front = recorder.writer.client.download_artifacts(recorder.writer.parent_id, f"{layout.REPORT_DIR}/front.csv",
+                                                      str(tmp_path))
+    assert len(Path(front).read_text().strip().splitlines()) == 1 + 3  # all three on the front
+    assert report.REPORT_EVERY_S == recorder.reporter.every_s == 60.0
+    assert recorder.finish(complete=True)
+    assert drawn[-1] == (3, True) and not recorder.reporter._dirty  # called again, nothing left to draw
+
+
 def test_a_trials_checkpoints_keep_the_latest_and_fetch_whole_or_only_the_model(tmp_path):
     from hyperlab.search.trial_store import TrialCheckpoints
 
@@ -824,6 +863,32 @@ def test_two_writers_of_one_journal_lose_no_operation(tmp_path):
         assert [t.number for t in trials] == list(range(150))
         assert [t.value for t in trials] == [float(i) for i in range(150)]
         assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_a_journal_writer_killed_right_after_a_tell_loses_nothing(tmp_path):
+    """The journal's lines are not synced to the disk, but they are written: a driver SIGKILLed the moment
+    its last tell returns (no exit handler, no buffer flushed) leaves every operation for Optuna's own
+    backend to read."""
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = str(tmp_path / "optuna.log")
+    script = ("import optuna, os, signal, sys\nfrom hyperlab.search.study_storage import open_storage\n"
+              "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
+              "study = optuna.create_study(study_name='k', storage=open_storage(sys.argv[1]))\n"
+              "for i in range(40):\n    study.tell(study.ask({'x': optuna.distributions.FloatDistribution(0, 1)}), i)\n"
+              "trial = study.ask({'x': optuna.distributions.FloatDistribution(0, 1)})\n"
+              "trial.set_user_attr('last', 1)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    writer = subprocess.run([sys.executable, "-c", script, journal], timeout=300)
+    assert writer.returncode == -9
+    trials = optuna.load_study(study_name="k", storage=JournalStorage(JournalFileBackend(journal))).trials
+    assert [t.number for t in trials] == list(range(41))
+    assert [t.value for t in trials[:40]] == [float(i) for i in range(40)]
+    assert trials[40].state.name == "RUNNING" and trials[40].user_attrs == {"last": 1} and "x" in trials[40].params
 
 
 def test_a_configuration_is_trained_once(tmp_path, monkeypatch):

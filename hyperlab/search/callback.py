@@ -87,8 +87,13 @@ class SearchRecorder:
         # the front first: the trial's own front tags then go in its last batch, with its end
         self.outbox.submit(self.reporter.trial_ended, number, trial_overrides(trial.config), metrics, fidelity)
         self.outbox.submit(self.writer.end_trial, number, fidelity, outcome, error)
-        self.outbox.submit(self.reporter.publish)
+        self.outbox.submit(self._publish)
         self.errors += fidelity == FAILED
+
+    def _publish(self) -> None:
+        """The report, if due; the final one as soon as the last trial has ended (while Tune stops its
+        workers), so that the search's end finds it written."""
+        self.reporter.publish(force=self.reporter.ended >= self.total)
 
     def _record_checkpoint(self, number: int, with_model: bool) -> None:
         """Tag the trial's run with where its latest checkpoint lies and, for a trial that trained to

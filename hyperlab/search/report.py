@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hyperlab.metrics import COMPLETE
+from hyperlab.metrics import COMPLETE, FIDELITIES
 from hyperlab.tracking import layout
 from hyperlab.tracking.writer import SearchWriter
 
@@ -51,6 +51,7 @@ class SearchReporter:
         self._knee: int | None = None
         self._volume = 0.0
         self._complete: set[int] = set()  # numbers of the complete trials with every objective
+        self._ended: set[int] = set()     # numbers of the trials ended
         self._spent = {CPU_SECONDS: 0.0, GPU_SECONDS: 0.0}  # summed over the trials ended
         self._started = time.time()  # the search's start (the parent run's, once a resumed search loads)
         self._series: list[dict[str, float]] = []  # per complete trial: the hypervolume, compute and wall time
@@ -64,6 +65,8 @@ class SearchReporter:
             for row in df.to_dict("records"):
                 if pd.notna(row.get("optuna_trial")):
                     self._rows[int(row["optuna_trial"])] = row
+                    if row.get("fidelity") in FIDELITIES:
+                        self._ended.add(int(row["optuna_trial"]))
         tag = self.writer.search_tag(layout.TAG_REFERENCE)
         self._reference = json.loads(tag) if tag else None
         for row in self._rows.values():
@@ -80,8 +83,14 @@ class SearchReporter:
         self._rows[number] = {"run_id": self.writer.run_id(number), "fidelity": fidelity, "optuna_trial": number,
                               **params, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self._dirty = True
+        self._ended.add(number)
         if fidelity == COMPLETE:
             self._add_to_front(number)
+
+    @property
+    def ended(self) -> int:
+        """Trials of the search that have ended (complete, stopped early or failed)."""
+        return len(self._ended)
 
     def publish(self, force: bool = False) -> None:
         """Write the front and the figures to the parent run, if due (or ``force``)."""
