@@ -6,6 +6,7 @@ hyperlab does; Tune's own per-trial cost then nearly vanishes, and what is left 
 
     python benchmarks/search_overhead.py [--trials 200] [--concurrency 4] [--repeats 1] [--reuse both|yes|no]
     python benchmarks/search_overhead.py --trials 50,200 --reuse yes    # does the cost per trial stay flat?
+    python benchmarks/search_overhead.py --reuse yes --pin-driver       # the driver on a core of its own
     py-spy record --gil -- python benchmarks/search_overhead.py --only hyperlab   # where the driver's time goes
 
 Prints, for each number of trials asked for, the wall times, their ratio (target: at most 1.05; the median
@@ -13,6 +14,9 @@ of the two sides' medians, and the spread of the paired ratios) and hyperlab's e
 thread of the driver process: Tune's loop, the study's thread, the MLflow writer) per result and per trial,
 which should not grow with the number of trials. On a machine with fewer cores than trials at a time the
 wall time of either side varies by up to 2x from run to run; the CPU time is the steadier measure.
+``--pin-driver`` (Linux) keeps the driver on core 0 and Ray's processes (its trials) on the others, as a
+cluster's head runs the driver beside workers that run the trials: the driver's work then competes with
+no trial for a core, and each side's wall time is steadier.
 """
 
 from __future__ import annotations
@@ -110,12 +114,22 @@ def main(argv=None) -> None:
     parser.add_argument("--reuse", choices=("both", "yes", "no"), default="both",
                         help="with Tune's default (a new worker per trial), reusing workers, or both")
     parser.add_argument("--only", choices=("hyperlab", "bare"), help="time one side alone (for a profiler)")
+    parser.add_argument("--pin-driver", action="store_true",
+                        help="the driver on core 0, Ray's processes (the trials) on the other cores")
     args = parser.parse_args(argv)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from hyperlab.search import cluster
 
+    cores = sorted(os.sched_getaffinity(0)) if args.pin_driver else []
+    if args.pin_driver:
+        if len(cores) < 2:
+            parser.error(f"--pin-driver needs 2 cores or more; this process may use {len(cores)}")
+        os.sched_setaffinity(0, cores[1:])  # what connect starts (Ray's processes, its threads) inherits this
     cluster.connect(None, args.concurrency)  # one local Ray for both, as a search starts it
+    if args.pin_driver:  # then every thread of the driver, and those it starts from now on, to the first core
+        for thread_id in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(thread_id), cores[:1])
     lines = []
     with tempfile.TemporaryDirectory(prefix="hyperlab-overhead-") as tmp:
         for name, run in (("bare", run_bare), ("hyperlab", run_hyperlab)):  # untimed: imports, first workers
@@ -146,7 +160,8 @@ def main(argv=None) -> None:
                              f"hyperlab {ours:6.1f} s, ratio {ours / bare:.3f} (paired {paired[0]:.2f} to "
                              f"{paired[-1]:.2f}); hyperlab's extra driver CPU {extra / (trials * RESULTS_PER_TRIAL) * 1e3:.2f} "
                              f"ms per result, {extra / trials * 1e3:.1f} ms per trial")
-    print(f"null trials x {RESULTS_PER_TRIAL} results, concurrency {args.concurrency}, median of {args.repeats}:")
+    pinned = f", driver on core {cores[0]}, Ray on cores {','.join(map(str, cores[1:]))}" if args.pin_driver else ""
+    print(f"null trials x {RESULTS_PER_TRIAL} results, concurrency {args.concurrency}{pinned}, median of {args.repeats}:")
     print("\n".join(lines))
 
 
