@@ -3,7 +3,8 @@ once, when a resumed search starts): the hypervolume after every completed trial
 by then (CPU- and GPU-hours of every trial ended, complete or not: ``search/cpu_hours``,
 ``search/gpu_hours``) and the wall time since the search started (``search/wall_hours``), each complete
 trial's front and knee tags, and the front (CSV and Parquet), trade-off figure (PNG and HTML) and
-hypervolume-against-compute figure at most every ``every_s`` seconds and at the end.
+hypervolume-against-compute figure at most every ``every_s`` seconds and as the last trial ends (or at the
+end of an interrupted search).
 
 The cost of a trial's end does not grow with the search: no re-read of the store, figures throttled,
 and the front kept incrementally. A new complete trial is compared with the front's members only; when it
